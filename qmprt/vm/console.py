@@ -1,0 +1,182 @@
+"""The serial console: QEMU's raw console log → the CRI container log.
+
+QEMU writes every byte of the guest's serial port to ``console.raw`` (the chardev's ``logfile``), whether
+or not anybody is attached to the console socket. The pump tails that file and writes CRI log lines::
+
+    2026-11-25T17:46:25.123456789Z stdout F a whole line
+    2026-11-25T17:46:25.123456789Z stdout P the first 16 KiB of a longer line…
+
+Its read offset is kept in a small file beside the raw log, so a restarted qmprt goes on where the
+previous one stopped: no line is lost while qmprt is down, at the price of late timestamps for the
+lines written meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 16 * 1024
+POLL_INTERVAL = 0.02
+
+
+def cri_timestamp(time_ns: int) -> str:
+    """RFC 3339 in UTC with exactly nine fractional digits."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos:09d}Z"
+
+
+class CRILogWriter:
+    """Writes one stream into a CRI log file; splits long lines, keeps partial lines until complete."""
+
+    def __init__(self, path: str | os.PathLike[str], stream: str = "stdout") -> None:
+        self.path = Path(path)
+        self.stream = stream
+        self._pending = b""
+        self._lock = threading.Lock()
+        self._file = self._open()
+
+    def _open(self) -> "BinaryFile":
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "ab", buffering=0)
+
+    def _emit(self, text: bytes, tag: bytes, time_ns: int) -> bytes:
+        return (
+            cri_timestamp(time_ns).encode() + b" " + self.stream.encode() + b" " + tag + b" " + text + b"\n"
+        )
+
+    def write(self, data: bytes, time_ns: int | None = None) -> None:
+        now = time_ns if time_ns is not None else time.time_ns()
+        with self._lock:
+            buffer = self._pending + data
+            out: list[bytes] = []
+            while True:
+                newline = buffer.find(b"\n")
+                if newline < 0 or newline > MAX_LINE:
+                    break
+                line = buffer[:newline].rstrip(b"\r")
+                out.append(self._emit(line, b"F", now))
+                buffer = buffer[newline + 1 :]
+            while len(buffer) >= MAX_LINE and buffer.find(b"\n", 0, MAX_LINE) < 0:
+                out.append(self._emit(buffer[:MAX_LINE], b"P", now))
+                buffer = buffer[MAX_LINE:]
+            self._pending = buffer
+            if out:
+                self._file.write(b"".join(out))
+
+    def flush_partial(self, time_ns: int | None = None) -> None:
+        """Write a held partial line (a prompt without newline) as ``P`` so readers see it."""
+        with self._lock:
+            if self._pending:
+                self._file.write(self._emit(self._pending.rstrip(b"\r"), b"P", time_ns or time.time_ns()))
+                self._pending = b""
+
+    def reopen(self) -> None:
+        """Start a new file at the same path (after a log rotation moved the old one away)."""
+        with self._lock:
+            self._file.close()
+            self._file = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._file.write(self._emit(self._pending.rstrip(b"\r"), b"F", time.time_ns()))
+                self._pending = b""
+            self._file.close()
+
+
+BinaryFile = object  # the type of os.fdopen(..., "ab"); kept loose for mypy's sake
+
+
+class ConsolePump:
+    """Tails ``raw_path`` into a ``CRILogWriter``; ``offset_path`` remembers how far it got.
+
+    ``on_line`` (optional) sees every chunk, for waiting on a marker without rereading the log.
+    """
+
+    def __init__(
+        self,
+        raw_path: str | os.PathLike[str],
+        offset_path: str | os.PathLike[str],
+        writer: CRILogWriter | None,
+        on_data: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.raw_path = Path(raw_path)
+        self.offset_path = Path(offset_path)
+        self.writer = writer
+        self.on_data = on_data
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._offset = self._load_offset()
+
+    def _load_offset(self) -> int:
+        try:
+            return int(self.offset_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _save_offset(self) -> None:
+        tmp = self.offset_path.with_suffix(".tmp")
+        tmp.write_text(str(self._offset))
+        os.replace(tmp, self.offset_path)
+
+    def set_writer(self, writer: CRILogWriter | None) -> None:
+        self.writer = writer
+
+    def drain(self) -> int:
+        """Copy everything new from the raw log; returns the bytes copied."""
+        try:
+            with open(self.raw_path, "rb") as raw:
+                size = os.fstat(raw.fileno()).st_size
+                if size < self._offset:
+                    self._offset = 0  # the raw log was truncated
+                if size == self._offset:
+                    return 0
+                raw.seek(self._offset)
+                data = raw.read(size - self._offset)
+        except FileNotFoundError:
+            return 0
+        self._offset += len(data)
+        if self.writer is not None:
+            self.writer.write(data)
+        if self.on_data is not None:
+            self.on_data(data)
+        self._save_offset()
+        return len(data)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"console:{self.raw_path}")
+
+    async def _run(self) -> None:
+        idle = 0.0
+        while not self._stopping:
+            try:
+                copied = self.drain()
+            except OSError as err:
+                log.warning("console pump %s: %s", self.raw_path, err)
+                copied = 0
+            if copied:
+                idle = 0.0
+            else:
+                idle += POLL_INTERVAL
+                if idle >= 1.0 and self.writer is not None:
+                    self.writer.flush_partial()
+                    idle = 0.0
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def stop(self) -> None:
+        """Copy what is left, then stop; the CRI writer stays open (the caller owns it)."""
+        self._stopping = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.drain()

@@ -1,0 +1,193 @@
+"""QEMU devices as frozen dataclasses that render themselves.
+
+Each device is described once. ``args()`` gives its command-line arguments; devices that can be
+hot-plugged also give ``qmp_args()``, the arguments of the matching QMP command. ``-device`` and
+``-blockdev`` use QEMU's JSON syntax, so the command line and ``device_add``/``blockdev-add`` carry the
+very same dictionary, and file names need no comma escaping.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+
+class Transport(str, Enum):
+    """How virtio devices reach the guest: PCI on q35, MMIO on microvm."""
+
+    PCI = "pci"
+    MMIO = "mmio"
+
+    def virtio(self, kind: str) -> str:
+        """``virtio-blk`` → ``virtio-blk-pci`` or ``virtio-blk-device``."""
+        return f"{kind}-pci" if self is Transport.PCI else f"{kind}-device"
+
+
+def keyval_escape(value: str) -> str:
+    """Escape a value for QEMU's ``key=value,…`` option syntax (a comma is written twice)."""
+    return value.replace(",", ",,")
+
+
+def _json_arg(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class SocketChardev:
+    """A unix socket chardev whose listening socket qmprt created and passes in as ``fd``.
+
+    QEMU accepts one client at a time on it; ``logfile`` records every byte QEMU writes to it whether
+    or not a client is connected (that is how the console log survives qmprt restarts).
+    """
+
+    id: str
+    fd: int
+    logfile: str | None = None
+
+    def args(self) -> list[str]:
+        opts = f"socket,id={self.id},fd={self.fd},server=on,wait=off"
+        if self.logfile is not None:
+            opts += f",logfile={keyval_escape(self.logfile)},logappend=on"
+        return ["-chardev", opts]
+
+
+@dataclass(frozen=True)
+class QMPMonitor:
+    chardev: str
+
+    def args(self) -> list[str]:
+        return ["-mon", f"chardev={self.chardev},mode=control"]
+
+
+@dataclass(frozen=True)
+class SerialConsole:
+    """The guest's first serial port (ttyS0), on both q35 and microvm (its ISA serial)."""
+
+    chardev: str
+
+    def args(self) -> list[str]:
+        return ["-serial", f"chardev:{self.chardev}"]
+
+
+@dataclass(frozen=True)
+class Blockdev:
+    """A block backend: a protocol node (file) with a format node on top."""
+
+    node_name: str
+    filename: str
+    format: Literal["qcow2", "raw"]
+    read_only: bool = False
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {
+            "driver": self.format,
+            "node-name": self.node_name,
+            "read-only": self.read_only,
+            "file": {
+                "driver": "file",
+                "filename": self.filename,
+                "read-only": self.read_only,
+            },
+        }
+
+    def args(self) -> list[str]:
+        return ["-blockdev", _json_arg(self.qmp_args())]
+
+
+@dataclass(frozen=True)
+class VirtioBlk:
+    id: str
+    drive: str
+    transport: Transport
+    serial: str | None = None
+    bootindex: int | None = None
+
+    def qmp_args(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "driver": self.transport.virtio("virtio-blk"),
+            "id": self.id,
+            "drive": self.drive,
+        }
+        if self.serial is not None:
+            document["serial"] = self.serial
+        if self.bootindex is not None:
+            document["bootindex"] = self.bootindex
+        return document
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg(self.qmp_args())]
+
+
+@dataclass(frozen=True)
+class VirtioSerial:
+    id: str
+    transport: Transport
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {"driver": self.transport.virtio("virtio-serial"), "id": self.id}
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg(self.qmp_args())]
+
+
+@dataclass(frozen=True)
+class VirtSerialPort:
+    """A named virtio-serial port; the guest agent listens on ``org.qemu.guest_agent.0``."""
+
+    id: str
+    bus: str
+    chardev: str
+    name: str
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {
+            "driver": "virtserialport",
+            "id": self.id,
+            "bus": f"{self.bus}.0",
+            "chardev": self.chardev,
+            "name": self.name,
+        }
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg(self.qmp_args())]
+
+
+@dataclass(frozen=True)
+class PvPanic:
+    """pvpanic lets the guest kernel tell QEMU it panicked (QMP event GUEST_PANICKED)."""
+
+    transport: Transport
+
+    def args(self) -> list[str]:
+        # The ISA device needs no slot; microvm has an ISA bus too (its serial port lives there).
+        return ["-device", _json_arg({"driver": "pvpanic"})]
+
+
+@dataclass(frozen=True)
+class VirtioRng:
+    """Entropy for the guest, so early boot never waits on the RNG."""
+
+    id: str
+    transport: Transport
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg({"driver": self.transport.virtio("virtio-rng"), "id": self.id})]
+
+
+@dataclass(frozen=True)
+class KernelBoot:
+    """Direct kernel boot: QEMU loads the kernel and initramfs itself, no bootloader."""
+
+    kernel: str
+    initrd: str | None = None
+    append: tuple[str, ...] = field(default_factory=tuple)
+
+    def args(self) -> list[str]:
+        argv = ["-kernel", self.kernel]
+        if self.initrd is not None:
+            argv += ["-initrd", self.initrd]
+        if self.append:
+            argv += ["-append", " ".join(self.append)]
+        return argv

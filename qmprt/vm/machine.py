@@ -1,0 +1,724 @@
+"""One emulator process: start it, watch it, stop it in stages, and adopt it again after a restart.
+
+Files of a VM (``state_dir`` survives reboots of qmprt; ``run_dir`` holds the sockets, kept short
+because a unix socket path has at most 107 bytes)::
+
+    state_dir/vm.json         what was started: config and argv, written once
+    state_dir/vm-status.json  pid, state, events seen, exit; replaced atomically
+    state_dir/qemu.log        QEMU's stderr
+    state_dir/console.raw     every byte of the serial console (QEMU's chardev logfile)
+    state_dir/console.offset  how far the console pump has copied into the CRI log
+    run_dir/qmp.sock          qmprt's monitor        run_dir/qmp-shell.sock  the monitor for people
+    run_dir/qga.sock          the guest agent        run_dir/console.sock    the interactive console
+
+QEMU runs in its own session, with stdin from /dev/null and stderr to a file, so it outlives qmprt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from qmprt import state
+from qmprt.errors import FailedPrecondition, InvalidArgument, NotFound, ShutdownError, Unavailable, VMError
+from qmprt.vm.agent import GuestAgent
+from qmprt.vm.console import ConsolePump, CRILogWriter
+from qmprt.vm.devices import (
+    Blockdev,
+
+    KernelBoot,
+    PvPanic,
+    QMPMonitor,
+    SerialConsole,
+    SocketChardev,
+    VirtioBlk,
+    VirtioRng,
+    VirtioSerial,
+    VirtSerialPort,
+)
+from qmprt.vm.monitor import Monitor, MonitorEvent
+from qmprt.vm.spec import Accelerator, Device, MachineType, VMSpec
+
+log = logging.getLogger(__name__)
+
+METADATA_VERSION = 1
+MAX_SOCKET_PATH = 107
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+EXIT_SETTLE_SECONDS = 2.0
+
+
+class CgroupLike(Protocol):
+    """What the engine needs of a cgroup (``qmprt.cgroups`` provides it)."""
+
+    path: str
+
+    def exec_prefix(self) -> list[str]: ...
+    def oom_kill_count(self) -> int: ...
+    def kill(self) -> None: ...
+    def delete(self) -> None: ...
+
+
+class VMState(str, enum.Enum):
+    """The emulator's life. Allowed transitions::
+
+        STARTING → RUNNING → STOPPING → EXITED
+        STARTING → EXITED       (QEMU failed to come up)
+        RUNNING  → EXITED       (the guest powered off, panicked, or QEMU died)
+    """
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+_TRANSITIONS = {
+    VMState.STARTING: {VMState.RUNNING, VMState.EXITED},
+    VMState.RUNNING: {VMState.STOPPING, VMState.EXITED},
+    VMState.STOPPING: {VMState.EXITED},
+    VMState.EXITED: set(),
+}
+
+
+class ShutdownStep(enum.IntEnum):
+    """How far a staged shutdown went (each step harder than the one before)."""
+
+    NONE = 0
+    POWERDOWN = 1
+    QUIT = 2
+    KILL = 3
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    path: str
+    format: str  # "qcow2" or "raw"
+    read_only: bool = False
+    serial: str | None = None
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO."""
+
+    vm_id: str
+    root_disk: DiskConfig
+    machine: MachineType = "q35"
+    accel: Accelerator = "tcg"
+    cpus: int = 1
+    memory_mib: int = 128
+    kernel: KernelBoot | None = None
+    seed: DiskConfig | None = None
+    extra_disks: tuple[DiskConfig, ...] = ()
+    tcg_tb_size_mib: int | None = None
+    binary: str = "qemu-system-x86_64"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> VMConfig:
+        kernel = document.get("kernel")
+        return cls(
+            **{
+                **document,
+                "root_disk": DiskConfig(**document["root_disk"]),
+                "seed": DiskConfig(**document["seed"]) if document.get("seed") else None,
+                "extra_disks": tuple(DiskConfig(**disk) for disk in document.get("extra_disks", ())),
+                "kernel": KernelBoot(
+                    kernel=kernel["kernel"], initrd=kernel.get("initrd"), append=tuple(kernel["append"])
+                )
+                if kernel
+                else None,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class VMStatus:
+    state: VMState = VMState.STARTING
+    pid: int | None = None
+    pid_create_time: float | None = None
+    started_at_ns: int = 0
+    finished_at_ns: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    shutdown_reason: str | None = None  # from QMP SHUTDOWN: guest-shutdown, host-qmp-quit, …
+    shutdown_by_guest: bool = False
+    panicked: bool = False
+    stop_requested: bool = False
+    shutdown_step: int = ShutdownStep.NONE
+
+    def to_json(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        document["state"] = self.state.value
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> VMStatus:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in document.items() if key in known}
+        values["state"] = VMState(values.get("state", VMState.STARTING))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ExitVerdict:
+    exit_code: int
+    reason: str  # the CRI reason: Completed, Error, OOMKilled
+    message: str
+
+
+def classify_exit(
+    *,
+    returncode: int | None,
+    shutdown_reason: str | None,
+    shutdown_by_guest: bool,
+    panicked: bool,
+    oom_kills: int,
+    stop_requested: bool,
+    shutdown_step: int,
+    stderr_tail: str = "",
+) -> ExitVerdict:
+    """Turn what qmprt saw of an emulator's end into a container exit code, reason and message."""
+    tail = f": {stderr_tail.strip()}" if stderr_tail.strip() else ""
+    if oom_kills > 0:
+        return ExitVerdict(137, "OOMKilled", "the VM's cgroup reached its memory limit and QEMU was killed")
+    if panicked:
+        return ExitVerdict(1, "Error", "the guest kernel panicked (reported through pvpanic)")
+    if shutdown_reason == "guest-shutdown" or (shutdown_by_guest and shutdown_reason != "guest-panic"):
+        return ExitVerdict(0, "Completed", "the guest powered off")
+    if stop_requested:
+        if shutdown_step <= ShutdownStep.POWERDOWN:
+            return ExitVerdict(0, "Completed", "stopped: the guest powered off on request")
+        how = "QMP quit" if shutdown_step == ShutdownStep.QUIT else "SIGKILL"
+        return ExitVerdict(137, "Error", f"stopped: the guest did not power off in time, ended by {how}")
+    if shutdown_reason == "host-signal":
+        return ExitVerdict(143, "Error", f"QEMU was stopped by a signal from outside qmprt{tail}")
+    if shutdown_reason is not None and shutdown_reason.startswith("host-qmp"):
+        return ExitVerdict(0, "Completed", f"stopped through the monitor ({shutdown_reason})")
+    if returncode is None:
+        return ExitVerdict(255, "Error", f"QEMU exited while qmprt was not watching it{tail}")
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return ExitVerdict(128 - returncode, "Error", f"QEMU was killed by {name}{tail}")
+    if returncode == 0:
+        return ExitVerdict(0, "Completed", "QEMU exited")
+    return ExitVerdict(returncode, "Error", f"QEMU exited with status {returncode}{tail}")
+
+
+def _listening_socket(path: Path) -> socket.socket:
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise InvalidArgument(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _same_process(pid: int, create_time: float | None, vm_id: str) -> psutil.Process | None:
+    """The live process ``pid`` if it is still the emulator qmprt started (not a reused pid)."""
+    try:
+        process = psutil.Process(pid)
+        if create_time is not None and abs(process.create_time() - create_time) > 0.05:
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if not any(f"guest={vm_id}" in arg for arg in process.cmdline()):
+            return None
+        return process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class VM:
+    """A running (or exited) emulator. Create with ``VM.start`` or ``VM.adopt``."""
+
+    def __init__(
+        self,
+        config: VMConfig,
+        state_dir: Path,
+        run_dir: Path,
+        status: state.StatusFile[VMStatus],
+        cgroup: CgroupLike | None,
+        log_writer: CRILogWriter | None,
+    ) -> None:
+        self.config = config
+        self.vm_id = config.vm_id
+        self.state_dir = state_dir
+        self.run_dir = run_dir
+        self._status = status
+        self.cgroup = cgroup
+        self.monitor: Monitor | None = None
+        self.agent = GuestAgent(str(self.qga_socket))
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        self._exited = asyncio.Event()
+        self._events_task: asyncio.Task[None] | None = None
+        self._exit_callbacks: list[Callable[[VM], None]] = []
+        self._console_waiters: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._console_tail = b""
+        self.console = ConsolePump(self.console_raw, state_dir / "console.offset", log_writer, self._on_console)
+
+    # -- paths ---------------------------------------------------------------------------------------
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def qmp_shell_socket(self) -> Path:
+        return self.run_dir / "qmp-shell.sock"
+
+    @property
+    def qga_socket(self) -> Path:
+        return self.run_dir / "qga.sock"
+
+    @property
+    def console_socket(self) -> Path:
+        return self.run_dir / "console.sock"
+
+    @property
+    def console_raw(self) -> Path:
+        return self.state_dir / "console.raw"
+
+    @property
+    def status(self) -> VMStatus:
+        return self._status.value
+
+    def on_exit(self, callback: Callable[[VM], None]) -> None:
+        self._exit_callbacks.append(callback)
+
+    # -- rendering -------------------------------------------------------------------------------------
+    @staticmethod
+    def render(config: VMConfig, fds: dict[str, int], console_log: str) -> VMSpec:
+        """The full ``VMSpec`` of ``config``, given the fds of the qmprt-made listening sockets."""
+        spec_probe = VMSpec(
+            name=config.vm_id, machine=config.machine, accel=config.accel, cpus=config.cpus,
+            memory_mib=config.memory_mib, kernel=config.kernel,
+        )
+        transport = spec_probe.transport
+        devices: list[Device] = [
+            SocketChardev("qmp", fds["qmp"]),
+            QMPMonitor("qmp"),
+            SocketChardev("qmp-shell", fds["qmp-shell"]),
+            QMPMonitor("qmp-shell"),
+            SocketChardev("console", fds["console"], logfile=console_log),
+            SerialConsole("console"),
+        ]
+        disks = [("root", config.root_disk)]
+        if config.seed is not None:
+            disks.append(("seed", config.seed))
+        disks += [(f"disk{index}", disk) for index, disk in enumerate(config.extra_disks)]
+        for index, (node, disk) in enumerate(disks):
+            devices.append(Blockdev(node, disk.path, disk.format, read_only=disk.read_only))  # type: ignore[arg-type]
+            devices.append(
+                VirtioBlk(
+                    f"blk-{node}", node, transport, serial=disk.serial,
+                    bootindex=0 if index == 0 and config.kernel is None else None,
+                )
+            )
+        devices += [
+            VirtioSerial("vser0", transport),
+            SocketChardev("qga", fds["qga"]),
+            VirtSerialPort("qga-port", "vser0", "qga", GUEST_AGENT_PORT),
+            VirtioRng("rng0", transport),
+            PvPanic(transport),
+        ]
+        return dataclasses.replace(
+            spec_probe, devices=tuple(devices), binary=config.binary, tcg_tb_size_mib=config.tcg_tb_size_mib
+        )
+
+    # -- start -----------------------------------------------------------------------------------------
+    @classmethod
+    async def start(
+        cls,
+        config: VMConfig,
+        state_dir: str | os.PathLike[str],
+        run_dir: str | os.PathLike[str],
+        cgroup: CgroupLike | None = None,
+        log_writer: CRILogWriter | None = None,
+    ) -> VM:
+        """Spawn QEMU for ``config`` and connect to it. On failure nothing is left running."""
+        state_path = state.ensure_private_dir(state_dir)
+        run_path = state.ensure_private_dir(run_dir)
+        status = state.StatusFile(state_path / "vm-status.json", VMStatus(), VMStatus.to_json, VMStatus.from_json)
+        vm = cls(config, state_path, run_path, status, cgroup, log_writer)
+        async with contextlib.AsyncExitStack() as undo:
+            sockets = {
+                "qmp": _listening_socket(vm.qmp_socket),
+                "qmp-shell": _listening_socket(vm.qmp_shell_socket),
+                "qga": _listening_socket(vm.qga_socket),
+                "console": _listening_socket(vm.console_socket),
+            }
+            for sock in sockets.values():
+                undo.callback(sock.close)
+            undo.callback(vm._remove_sockets)
+            spec = cls.render(config, {name: sock.fileno() for name, sock in sockets.items()}, str(vm.console_raw))
+            argv = spec.argv()
+            state.write_json_atomic(
+                state_path / "vm.json",
+                {"version": METADATA_VERSION, "config": config.to_json(), "run_dir": str(run_path), "argv": argv},
+                exclusive=True,
+            )
+            undo.callback((state_path / "vm.json").unlink, missing_ok=True)
+            status.update(lambda s: s)
+            undo.callback(status.path.unlink, missing_ok=True)
+            vm.console_raw.unlink(missing_ok=True)
+
+            prefix = cgroup.exec_prefix() if cgroup is not None else []
+            stderr_fd = os.open(state_path / "qemu.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                vm._popen = subprocess.Popen(
+                    prefix + argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stderr_fd,
+                    stderr=stderr_fd,
+                    pass_fds=[sock.fileno() for sock in sockets.values()],
+                    start_new_session=True,
+                    cwd=state_path,
+                )
+            except OSError as err:
+                raise VMError(f"cannot run {argv[0]}: {err}") from err
+            finally:
+                os.close(stderr_fd)
+            undo.push_async_callback(vm._kill_unstarted)
+            pid = vm._popen.pid
+            try:
+                create_time = psutil.Process(pid).create_time()
+            except psutil.NoSuchProcess:
+                create_time = None
+            started_at = time.time_ns()
+            status.update(lambda s: dataclasses.replace(s, pid=pid, pid_create_time=create_time, started_at_ns=started_at))
+            for sock in sockets.values():
+                sock.close()
+            await vm._attach(first_start=True)
+            undo.pop_all()
+        return vm
+
+    async def _kill_unstarted(self) -> None:
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.kill()
+            await asyncio.get_running_loop().run_in_executor(None, self._popen.wait)
+        if self.cgroup is not None:
+            with contextlib.suppress(Exception):
+                self.cgroup.kill()
+
+    async def _attach(self, first_start: bool) -> None:
+        """Watch the process, connect the monitor, start the console pump."""
+        pid = self.status.pid
+        assert pid is not None
+        loop = asyncio.get_running_loop()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._on_pidfd)
+        self.console.start()
+        if self._pidfd is None:
+            await self._handle_exit()
+            raise VMError(f"QEMU (pid {pid}) exited at once: {_tail(self.state_dir / 'qemu.log')}")
+        monitor = Monitor(f"qmprt:{self.vm_id}")
+        connect = asyncio.ensure_future(monitor.connect(str(self.qmp_socket)))
+        exited = asyncio.ensure_future(self._exited.wait())
+        done, _ = await asyncio.wait({connect, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if connect not in done:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+            raise VMError(f"QEMU exited during start-up: {self.status.message}")
+        exited.cancel()
+        try:
+            connect.result()
+        except Unavailable as err:
+            raise VMError(f"QEMU's monitor did not answer: {err}; {_tail(self.state_dir / 'qemu.log')}") from err
+        self.monitor = monitor
+        self._events_task = loop.create_task(self._watch_events(monitor), name=f"events:{self.vm_id}")
+        if first_start or self.status.state == VMState.STARTING:
+            self._transition(VMState.RUNNING)
+
+    def _transition(self, new_state: VMState, **changes: Any) -> None:
+        def change(status: VMStatus) -> VMStatus:
+            if new_state != status.state and new_state not in _TRANSITIONS[status.state]:
+                raise FailedPrecondition(f"VM {self.vm_id}: {status.state.value} cannot become {new_state.value}")
+            return dataclasses.replace(status, state=new_state, **changes)
+
+        self._status.update(change)
+
+    # -- events and exit ---------------------------------------------------------------------------
+    async def _watch_events(self, monitor: Monitor) -> None:
+        try:
+            async for event in monitor.events():
+                self._record_event(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the stream ends when QEMU goes away
+            log.debug("VM %s event stream ended: %r", self.vm_id, err)
+
+    def _record_event(self, event: MonitorEvent) -> None:
+        log.info("VM %s: %s %s", self.vm_id, event.name, dict(event.data))
+        if event.name == "SHUTDOWN":
+            self._status.update(
+                lambda s: dataclasses.replace(
+                    s, shutdown_reason=str(event.data.get("reason")), shutdown_by_guest=bool(event.data.get("guest"))
+                )
+            )
+        elif event.name == "GUEST_PANICKED":
+            self._status.update(lambda s: dataclasses.replace(s, panicked=True))
+
+    def _on_pidfd(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+        loop.create_task(self._handle_exit(), name=f"exit:{self.vm_id}")
+
+    async def _handle_exit(self) -> None:
+        if self._exited.is_set() or self.status.state == VMState.EXITED:
+            self._exited.set()
+            return
+        returncode: int | None = None
+        if self._popen is not None:
+            returncode = await asyncio.get_running_loop().run_in_executor(None, self._popen.wait)
+        # QEMU sends SHUTDOWN before it exits: wait for the monitor connection to close, then take
+        # whatever events the watcher has not handled yet.
+        if self.monitor is not None:
+            await self.monitor.wait_closed(EXIT_SETTLE_SECONDS)
+            if self._events_task is not None:
+                self._events_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._events_task
+            for event in self.monitor.pending_events():
+                self._record_event(event)
+        oom_kills = 0
+        if self.cgroup is not None:
+            with contextlib.suppress(Exception):
+                oom_kills = self.cgroup.oom_kill_count()
+        self._finish(returncode, oom_kills)
+
+    def _finish(self, returncode: int | None, oom_kills: int) -> None:
+        status = self.status
+        verdict = classify_exit(
+            returncode=returncode,
+            shutdown_reason=status.shutdown_reason,
+            shutdown_by_guest=status.shutdown_by_guest,
+            panicked=status.panicked,
+            oom_kills=oom_kills,
+            stop_requested=status.stop_requested,
+            shutdown_step=status.shutdown_step,
+            stderr_tail=_tail(self.state_dir / "qemu.log", 300),
+        )
+        self._transition(
+            VMState.EXITED,
+            finished_at_ns=time.time_ns(),
+            exit_code=verdict.exit_code,
+            reason=verdict.reason,
+            message=verdict.message,
+        )
+        log.info("VM %s exited: %s (%s) %s", self.vm_id, verdict.exit_code, verdict.reason, verdict.message)
+        asyncio.get_running_loop().create_task(self._after_exit())
+        self._exited.set()
+
+    async def _after_exit(self) -> None:
+        await self.console.stop()
+        for marker, waiter in self._console_waiters:
+            if not waiter.done():
+                waiter.set_exception(FailedPrecondition(f"the VM exited before printing {marker!r}"))
+        if self.monitor is not None:
+            await self.monitor.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.cgroup is not None:
+            try:
+                self.cgroup.kill()
+                self.cgroup.delete()
+            except Exception as err:
+                log.warning("VM %s: cgroup %s not removed: %s", self.vm_id, self.cgroup.path, err)
+        for callback in self._exit_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("exit callback of VM %s failed", self.vm_id)
+
+    async def wait_exit(self, timeout: float | None = None) -> VMStatus:
+        await asyncio.wait_for(self._exited.wait(), timeout)
+        return self.status
+
+    # -- console -----------------------------------------------------------------------------------
+    def _on_console(self, data: bytes) -> None:
+        self._console_tail = (self._console_tail + data)[-4096:]
+        for marker, waiter in list(self._console_waiters):
+            if marker in self._console_tail and not waiter.done():
+                waiter.set_result(None)
+        self._console_waiters = [(m, w) for m, w in self._console_waiters if not w.done()]
+
+    async def wait_for_console(self, marker: str, timeout: float) -> None:
+        """Wait until ``marker`` appears on the serial console (from now, or already in the raw log)."""
+        needle = marker.encode()
+        with contextlib.suppress(FileNotFoundError):
+            if needle in self.console_raw.read_bytes():
+                return
+        if self.status.state == VMState.EXITED:
+            raise FailedPrecondition(f"VM {self.vm_id} has exited")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._console_waiters.append((needle, waiter))
+        await asyncio.wait_for(waiter, timeout)
+
+    # -- stop --------------------------------------------------------------------------------------
+    async def stop(self, grace: float, allow: ShutdownStep = ShutdownStep.KILL) -> ShutdownStep:
+        """Stop in stages: ``system_powerdown`` within ``grace`` s, then QMP ``quit``, then SIGKILL.
+
+        Returns the step that ended the VM; raises ``ShutdownError`` when it needed a step past ``allow``.
+        Stopping an exited VM does nothing.
+        """
+        if self.status.state == VMState.EXITED:
+            return ShutdownStep.NONE
+        if self.status.state != VMState.STOPPING:
+            self._transition(VMState.STOPPING, stop_requested=True)
+        steps: list[tuple[ShutdownStep, float]] = []
+        if grace > 0:
+            steps.append((ShutdownStep.POWERDOWN, grace))
+        steps += [(ShutdownStep.QUIT, 5.0), (ShutdownStep.KILL, 10.0)]
+        for step, wait in steps:
+            if step > allow:
+                raise ShutdownError(f"VM {self.vm_id} did not stop with {ShutdownStep(allow).name}", step.name)
+            self._status.update(lambda s, step=step: dataclasses.replace(s, shutdown_step=int(step)))
+            await self._shutdown_step(step)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited.wait()), wait)
+                return step
+            except asyncio.TimeoutError:
+                log.warning("VM %s still running %.1f s after %s", self.vm_id, wait, step.name)
+        raise ShutdownError(f"VM {self.vm_id} survived SIGKILL", ShutdownStep.KILL.name)
+
+    async def _shutdown_step(self, step: ShutdownStep) -> None:
+        try:
+            if step == ShutdownStep.POWERDOWN and self.monitor is not None:
+                await self.monitor.execute("system_powerdown")
+            elif step == ShutdownStep.QUIT and self.monitor is not None:
+                await self.monitor.execute("quit")
+            elif step == ShutdownStep.KILL:
+                self._kill_process()
+        except (Unavailable, VMError) as err:
+            log.info("VM %s: %s: %s", self.vm_id, step.name, err)
+
+    def _kill_process(self) -> None:
+        status = self.status
+        if status.pid is not None:
+            process = _same_process(status.pid, status.pid_create_time, self.vm_id)
+            if process is not None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+        if self.cgroup is not None:
+            with contextlib.suppress(Exception):
+                self.cgroup.kill()
+
+    # -- adoption ----------------------------------------------------------------------------------
+    @classmethod
+    async def adopt(
+        cls,
+        state_dir: str | os.PathLike[str],
+        cgroup: CgroupLike | None = None,
+        log_writer: CRILogWriter | None = None,
+    ) -> VM:
+        """Take over a VM started by an earlier qmprt process.
+
+        If its QEMU still runs (same pid, same start time, same ``-name``), reconnect the monitor and
+        the console pump. If it died meanwhile, record it as exited with the reason the recorded
+        events allow; it is never silently dropped.
+        """
+        state_path = Path(state_dir)
+        try:
+            metadata = state.read_json(state_path / "vm.json")
+        except NotFound as err:
+            raise NotFound(f"no VM in {state_path}") from err
+        state.remove_stale_temp_files(state_path)
+        config = VMConfig.from_json(metadata["config"])
+        status = state.StatusFile.load(state_path / "vm-status.json", VMStatus.to_json, VMStatus.from_json)
+        vm = cls(config, state_path, Path(metadata["run_dir"]), status, cgroup, log_writer)
+        current = status.value
+        if current.state == VMState.EXITED:
+            vm._exited.set()
+            vm.console.drain()
+            return vm
+        process = None
+        if current.pid is not None:
+            process = _same_process(current.pid, current.pid_create_time, config.vm_id)
+        if process is None:
+            vm.console.drain()
+            oom_kills = 0
+            if cgroup is not None:
+                with contextlib.suppress(Exception):
+                    oom_kills = cgroup.oom_kill_count()
+            if current.state == VMState.STARTING and current.pid is None:
+                vm._status.update(lambda s: dataclasses.replace(s, message="qmprt stopped while starting it"))
+            vm._finish(None, oom_kills)
+            await asyncio.sleep(0)
+            return vm
+        await vm._attach(first_start=False)
+        return vm
+
+    # -- detach and removal --------------------------------------------------------------------------
+    async def detach(self) -> None:
+        """Let go of a running VM without stopping it (qmprt is shutting down)."""
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._events_task
+        await self.console.stop()
+        if self.monitor is not None:
+            await self.monitor.close()
+            self.monitor = None
+
+    def _remove_sockets(self) -> None:
+        for path in (self.qmp_socket, self.qmp_shell_socket, self.qga_socket, self.console_socket):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.run_dir.rmdir()
+
+    def remove_files(self) -> None:
+        """Delete the VM's files; the VM must have exited."""
+        if self.status.state != VMState.EXITED:
+            raise FailedPrecondition(f"VM {self.vm_id} is {self.status.state.value}: stop it first")
+        self._remove_sockets()
+        for name in ("vm.json", "vm-status.json", "qemu.log", "console.raw", "console.offset"):
+            (self.state_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,108 @@
+"""qmprt's own QMP connection to one emulator.
+
+The listening socket exists before QEMU starts (qmprt made it and passed the fd), so ``connect`` never
+races QEMU: the connection waits in the backlog until QEMU's main loop accepts it. Events arrive as an
+async iterator; the ones qmprt acts on are named in ``WATCHED_EVENTS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError, Runstate
+
+from qmprt.errors import Unavailable, VMError
+
+log = logging.getLogger(__name__)
+
+WATCHED_EVENTS = (
+    "SHUTDOWN",
+    "POWERDOWN",
+    "RESET",
+    "STOP",
+    "RESUME",
+    "GUEST_PANICKED",
+    "GUEST_CRASHLOADED",
+    "BALLOON_CHANGE",
+    "DEVICE_DELETED",
+)
+
+
+@dataclass(frozen=True)
+class MonitorEvent:
+    name: str
+    data: Mapping[str, Any]
+    timestamp_ns: int
+
+
+@dataclass(frozen=True)
+class VCPU:
+    index: int
+    thread_id: int
+
+
+class Monitor:
+    def __init__(self, name: str) -> None:
+        self._client = QMPClient(name)
+        self._listener = EventListener(WATCHED_EVENTS)
+        self._client.register_listener(self._listener)
+
+    async def connect(self, socket_path: str, timeout: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self._client.connect(socket_path), timeout)
+        except (ConnectError, OSError, asyncio.TimeoutError) as err:
+            raise Unavailable(f"cannot connect to QMP at {socket_path}: {err}") from err
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
+        try:
+            return await self._client.execute(command, arguments)
+        except ExecuteError as err:
+            raise VMError(f"QMP {command} failed: {err.error.desc}") from err
+        except (QMPError, OSError, EOFError) as err:
+            raise Unavailable(f"QMP {command}: the monitor is gone ({err!r})") from err
+
+    @staticmethod
+    def _event(message: Mapping[str, Any]) -> MonitorEvent:
+        stamp = message.get("timestamp", {})
+        timestamp_ns = int(stamp.get("seconds", 0)) * 1_000_000_000 + int(stamp.get("microseconds", 0)) * 1000
+        return MonitorEvent(str(message["event"]), dict(message.get("data", {})), timestamp_ns)
+
+    async def events(self) -> AsyncIterator[MonitorEvent]:
+        """Events as they come; the iterator does not end by itself when QEMU goes away."""
+        async for message in self._listener:
+            yield self._event(message)
+
+    def pending_events(self) -> list[MonitorEvent]:
+        """Events received but not yet taken from ``events()`` (used once the connection closed)."""
+        return [self._event(message) for message in self._listener.clear()]
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait until QEMU closed the connection (it sends its last events before); False on timeout."""
+        async def closed() -> None:
+            while self._client.runstate == Runstate.RUNNING:
+                await self._client.runstate_changed()
+
+        try:
+            await asyncio.wait_for(closed(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def query_status(self) -> str:
+        status = await self.execute("query-status")
+        return str(status["status"])
+
+    async def query_vcpus(self) -> list[VCPU]:
+        cpus = await self.execute("query-cpus-fast")
+        return [VCPU(int(cpu["cpu-index"]), int(cpu["thread-id"])) for cpu in cpus]
+
+    async def close(self) -> None:
+        try:
+            await self._client.disconnect()
+        except (QMPError, OSError, EOFError) as err:
+            log.debug("QMP disconnect: %r", err)
+        self._client.remove_listener(self._listener)
