@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class CRILogWriter:
         self._lock = threading.Lock()
         self._file = self._open()
 
-    def _open(self) -> "BinaryFile":
+    def _open(self) -> BinaryIO:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         return os.fdopen(fd, "ab", buffering=0)
 
@@ -93,8 +94,6 @@ class CRILogWriter:
                 self._pending = b""
             self._file.close()
 
-
-BinaryFile = object  # the type of os.fdopen(..., "ab"); kept loose for mypy's sake
 
 
 class ConsolePump:

@@ -617,7 +617,7 @@ class VM:
         for step, wait in steps:
             if step > allow:
                 raise ShutdownError(f"VM {self.vm_id} did not stop with {ShutdownStep(allow).name}", step.name)
-            self._status.update(lambda s, step=step: dataclasses.replace(s, shutdown_step=int(step)))
+            self._record_step(step)
             await self._shutdown_step(step)
             try:
                 await asyncio.wait_for(asyncio.shield(self._exited.wait()), wait)
@@ -625,6 +625,9 @@ class VM:
             except asyncio.TimeoutError:
                 log.warning("VM %s still running %.1f s after %s", self.vm_id, wait, step.name)
         raise ShutdownError(f"VM {self.vm_id} survived SIGKILL", ShutdownStep.KILL.name)
+
+    def _record_step(self, step: ShutdownStep) -> None:
+        self._status.update(lambda status: dataclasses.replace(status, shutdown_step=int(step)))
 
     async def _shutdown_step(self, step: ShutdownStep) -> None:
         try:

@@ -61,7 +61,7 @@ class Monitor:
         try:
             return await self._client.execute(command, arguments)
         except ExecuteError as err:
-            raise VMError(f"QMP {command} failed: {err.error.desc}") from err
+            raise VMError(f"QMP {command} failed: {err}") from err
         except (QMPError, OSError, EOFError) as err:
             raise Unavailable(f"QMP {command}: the monitor is gone ({err!r})") from err
 

@@ -56,7 +56,7 @@ class VMSpec:
             machine = "microvm,acpi=on,isa-serial=on,rtc=on,pit=on,pic=off"
         else:
             machine = "q35"
-        accel = self.accel
+        accel: str = self.accel
         if self.accel == "tcg" and self.tcg_tb_size_mib is not None:
             accel += f",tb-size={self.tcg_tb_size_mib}"
         return ["-machine", machine, "-accel", accel]

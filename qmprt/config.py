@@ -1,0 +1,152 @@
+"""qmprt's configuration: one frozen dataclass per TOML table, loaded and validated once at start.
+
+::
+
+    [runtime]   state_dir, run_dir, socket, log_level
+    [vm]        accel ("auto" | "kvm" | "tcg"), machine ("q35" | "microvm"), cpus, memory_mib,
+                tcg_tb_size_mib (0 = QEMU's default), qemu_binary, stop_grace_seconds
+    [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent)
+    [cni]       conf_dir, bin_dirs
+
+Environment overrides: ``QMPRT_ACCEL`` (vm.accel), ``QMPRT_STATE_DIR``, ``QMPRT_RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qmprt.errors import InvalidArgument
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    state_dir: str = "/var/lib/qmprt"
+    run_dir: str = "/run/qmprt"
+    socket: str = "/run/qmprt/qmprt.sock"
+    log_level: str = "info"
+
+    def validate(self) -> None:
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise InvalidArgument(f"runtime.log_level must be debug, info, warning or error, not {self.log_level!r}")
+        for name in ("state_dir", "run_dir", "socket"):
+            if not os.path.isabs(getattr(self, name)):
+                raise InvalidArgument(f"runtime.{name} must be an absolute path")
+
+
+@dataclass(frozen=True)
+class VMDefaults:
+    accel: str = "auto"
+    machine: str = "q35"
+    cpus: int = 1
+    memory_mib: int = 128
+    tcg_tb_size_mib: int = 0
+    qemu_binary: str = "qemu-system-x86_64"
+    stop_grace_seconds: float = 30.0
+
+    def validate(self) -> None:
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise InvalidArgument(f"vm.accel must be auto, kvm or tcg, not {self.accel!r}")
+        if self.machine not in ("q35", "microvm"):
+            raise InvalidArgument(f"vm.machine must be q35 or microvm, not {self.machine!r}")
+        if not 1 <= self.cpus <= 255:
+            raise InvalidArgument("vm.cpus must be between 1 and 255")
+        if self.memory_mib < 32:
+            raise InvalidArgument("vm.memory_mib must be at least 32")
+        if self.tcg_tb_size_mib < 0:
+            raise InvalidArgument("vm.tcg_tb_size_mib must be 0 (QEMU's default) or positive")
+
+
+@dataclass(frozen=True)
+class CgroupsConfig:
+    driver: str = "cgroupfs"
+    root: str = "qmprt"
+
+    def validate(self) -> None:
+        if self.driver not in ("cgroupfs", "systemd"):
+            raise InvalidArgument(f"cgroups.driver must be cgroupfs or systemd, not {self.driver!r}")
+        if not self.root or ".." in self.root.split("/"):
+            raise InvalidArgument("cgroups.root must be a relative cgroup path without '..'")
+
+
+@dataclass(frozen=True)
+class CNIConfig:
+    conf_dir: str = "/etc/cni/net.d"
+    bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
+
+    def validate(self) -> None:
+        if not self.bin_dirs:
+            raise InvalidArgument("cni.bin_dirs must name at least one directory")
+
+
+@dataclass(frozen=True)
+class Config:
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    vm: VMDefaults = field(default_factory=VMDefaults)
+    cgroups: CgroupsConfig = field(default_factory=CgroupsConfig)
+    cni: CNIConfig = field(default_factory=CNIConfig)
+
+    def validate(self) -> None:
+        for table in (self.runtime, self.vm, self.cgroups, self.cni):
+            table.validate()
+
+
+def _table(cls: type[T], name: str, values: Any) -> T:
+    if not isinstance(values, dict):
+        raise InvalidArgument(f"[{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InvalidArgument(f"[{name}] has unknown keys: {', '.join(unknown)}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise InvalidArgument(f"{name}.{key} must be a list")
+            value = tuple(value)
+        elif isinstance(default, bool) or not isinstance(value, type(default)):
+            if not (isinstance(default, float) and isinstance(value, int)):
+                raise InvalidArgument(f"{name}.{key} must be a {type(default).__name__}, not {value!r}")
+        converted[key] = value
+    return cls(**converted)
+
+
+def load(path: str | os.PathLike[str] | None = None, **overrides: str) -> Config:
+    """Read ``path`` (or only defaults), apply env and keyword overrides, validate."""
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as err:
+            raise InvalidArgument(f"config file {path} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidArgument(f"config file {path}: {err}") from err
+    tables: dict[str, type[Any]] = {"runtime": RuntimeConfig, "vm": VMDefaults, "cgroups": CgroupsConfig, "cni": CNIConfig}
+    unknown = sorted(set(document) - set(tables))
+    if unknown:
+        raise InvalidArgument(f"config has unknown tables: {', '.join(unknown)}")
+    parts: dict[str, Any] = {name: _table(cls, name, document.get(name, {})) for name, cls in tables.items()}
+    config = Config(**parts)
+    runtime_changes = {
+        key: value
+        for key, value in {
+            "state_dir": overrides.get("state_dir") or os.environ.get("QMPRT_STATE_DIR"),
+            "run_dir": overrides.get("run_dir") or os.environ.get("QMPRT_RUN_DIR"),
+            "socket": overrides.get("socket"),
+        }.items()
+        if value
+    }
+    if runtime_changes:
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **runtime_changes))
+    accel = os.environ.get("QMPRT_ACCEL")
+    if accel:
+        config = dataclasses.replace(config, vm=dataclasses.replace(config.vm, accel=accel))
+    config.validate()
+    return config

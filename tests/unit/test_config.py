@@ -1,0 +1,41 @@
+import pytest
+
+from qmprt import config
+from qmprt.errors import InvalidArgument
+
+
+def test_defaults_are_valid(monkeypatch) -> None:
+    monkeypatch.delenv("QMPRT_ACCEL", raising=False)
+    loaded = config.load()
+    assert loaded.runtime.socket == "/run/qmprt/qmprt.sock"
+    assert loaded.vm.accel == "auto"
+
+
+def test_file_env_and_overrides(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "qmprt.toml"
+    path.write_text('[vm]\nmachine = "microvm"\nmemory_mib = 256\n[cni]\nbin_dirs = ["/x"]\n')
+    monkeypatch.setenv("QMPRT_ACCEL", "tcg")
+    loaded = config.load(path, state_dir="/tmp/s")
+    assert (loaded.vm.machine, loaded.vm.memory_mib, loaded.vm.accel) == ("microvm", 256, "tcg")
+    assert loaded.cni.bin_dirs == ("/x",)
+    assert loaded.runtime.state_dir == "/tmp/s"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[vm]\nmachine = 'pc'\n", "vm.machine"),
+        ("[vm]\nmemory_mib = '1G'\n", "vm.memory_mib must be a int"),
+        ("[vm]\nturbo = true\n", "unknown keys: turbo"),
+        ("[gpu]\n", "unknown tables: gpu"),
+        ("[runtime]\nstate_dir = 'rel'\n", "absolute"),
+        ("[vm\n", "config file"),
+    ],
+    ids=["bad-machine", "wrong-type", "unknown-key", "unknown-table", "relative-path", "bad-toml"],
+)
+def test_rejects(tmp_path, monkeypatch, text, message) -> None:
+    monkeypatch.delenv("QMPRT_ACCEL", raising=False)
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match=message):
+        config.load(path)

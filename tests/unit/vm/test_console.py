@@ -1,0 +1,59 @@
+import re
+
+from qmprt.vm.console import MAX_LINE, ConsolePump, CRILogWriter, cri_timestamp
+
+LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$")
+
+
+def parse(path):
+    return [LINE.match(line).groups() for line in path.read_bytes().split(b"\n") if line]
+
+
+def test_timestamp_has_nine_digits_and_utc() -> None:
+    assert cri_timestamp(1_700_000_000_000_000_042) == "2023-11-14T22:13:20.000000042Z"
+
+
+def test_lines_partials_and_crlf(tmp_path) -> None:
+    log = tmp_path / "c.log"
+    writer = CRILogWriter(log)
+    writer.write(b"hello\r\nwor")
+    writer.write(b"ld\n")
+    writer.write(b"x" * (MAX_LINE + 10) + b"\n")
+    writer.write(b"prompt# ")
+    writer.flush_partial()
+    writer.close()
+    rows = [(stream, tag, text) for _, stream, tag, text in parse(log)]
+    assert rows == [
+        (b"stdout", b"F", b"hello"),
+        (b"stdout", b"F", b"world"),
+        (b"stdout", b"P", b"x" * MAX_LINE),
+        (b"stdout", b"F", b"x" * 10),
+        (b"stdout", b"P", b"prompt# "),
+    ]
+
+
+def test_reopen_creates_a_new_file(tmp_path) -> None:
+    log = tmp_path / "c.log"
+    writer = CRILogWriter(log)
+    writer.write(b"one\n")
+    log.rename(tmp_path / "c.log.1")
+    writer.reopen()
+    assert log.exists()
+    writer.write(b"two\n")
+    writer.close()
+    assert [row[3] for row in parse(log)] == [b"two"]
+    assert [row[3] for row in parse(tmp_path / "c.log.1")] == [b"one"]
+
+
+def test_pump_resumes_from_saved_offset(tmp_path) -> None:
+    raw = tmp_path / "console.raw"
+    raw.write_bytes(b"a\nb\n")
+    log = tmp_path / "c.log"
+    first = ConsolePump(raw, tmp_path / "console.offset", CRILogWriter(log))
+    assert first.drain() == 4
+    with raw.open("ab") as handle:
+        handle.write(b"c\n")
+    # A new pump (a restarted qmprt) copies only what the first one had not.
+    second = ConsolePump(raw, tmp_path / "console.offset", CRILogWriter(log))
+    assert second.drain() == 2
+    assert [row[3] for row in parse(log)] == [b"a", b"b", b"c"]

@@ -1,0 +1,34 @@
+import pytest
+
+from qmprt.vm.machine import ShutdownStep, classify_exit
+
+BASE = dict(
+    returncode=None, shutdown_reason=None, shutdown_by_guest=False, panicked=False,
+    oom_kills=0, stop_requested=False, shutdown_step=ShutdownStep.NONE,
+)
+
+
+@pytest.mark.parametrize(
+    ("seen", "code", "reason", "in_message"),
+    [
+        ({"returncode": 0, "shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}, 0, "Completed", "powered off"),
+        ({"returncode": -9}, 137, "Error", "SIGKILL"),
+        ({"returncode": 1, "panicked": True, "shutdown_reason": "guest-panic"}, 1, "Error", "panicked"),
+        ({"returncode": -9, "oom_kills": 1}, 137, "OOMKilled", "memory limit"),
+        ({"returncode": 0, "stop_requested": True, "shutdown_step": ShutdownStep.POWERDOWN,
+          "shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}, 0, "Completed", "powered off"),
+        ({"returncode": 0, "stop_requested": True, "shutdown_step": ShutdownStep.QUIT,
+          "shutdown_reason": "host-qmp-quit"}, 137, "Error", "QMP quit"),
+        ({"returncode": -9, "stop_requested": True, "shutdown_step": ShutdownStep.KILL}, 137, "Error", "SIGKILL"),
+        ({"returncode": 0, "shutdown_reason": "host-signal"}, 143, "Error", "signal"),
+        ({"returncode": 1}, 1, "Error", "status 1"),
+        ({}, 255, "Error", "not watching"),
+        ({"shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}, 0, "Completed", "powered off"),
+    ],
+    ids=["guest-poweroff", "sigkill", "panic", "oom", "graceful-stop", "stop-by-quit", "stop-by-kill",
+         "outside-signal", "qemu-error", "unwatched-death", "unwatched-poweroff"],
+)
+def test_classify_exit(seen: dict[str, object], code: int, reason: str, in_message: str) -> None:
+    verdict = classify_exit(**{**BASE, **seen})  # type: ignore[arg-type]
+    assert (verdict.exit_code, verdict.reason) == (code, reason)
+    assert in_message in verdict.message
