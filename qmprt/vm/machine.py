@@ -222,6 +222,24 @@ def classify_exit(
     return ExitVerdict(returncode, "Error", f"QEMU exited with status {returncode}{tail}")
 
 
+def infer_unwatched_exit(console_tail: bytes, qemu_log_tail: str) -> dict[str, Any]:
+    """What the guest's console and QEMU's stderr say about an exit nobody watched over QMP.
+
+    The guest kernel prints ``reboot: Power down`` when it powers off and ``Kernel panic`` when it
+    panics; QEMU logs ``terminating on signal`` when a signal ends it. Returns the status fields the
+    evidence supports (empty when there is none).
+    """
+    panic_at = console_tail.rfind(b"Kernel panic - not syncing")
+    poweroff_at = console_tail.rfind(b"reboot: Power down")
+    if panic_at >= 0 and panic_at > poweroff_at:
+        return {"panicked": True, "shutdown_reason": "guest-panic"}
+    if poweroff_at >= 0:
+        return {"shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}
+    if "terminating on signal" in qemu_log_tail:
+        return {"shutdown_reason": "host-signal"}
+    return {}
+
+
 def _listening_socket(path: Path) -> socket.socket:
     if len(str(path)) > MAX_SOCKET_PATH:
         raise InvalidArgument(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
@@ -240,15 +258,18 @@ def _listening_socket(path: Path) -> socket.socket:
     return sock
 
 
-def _tail(path: Path, limit: int = 600) -> str:
+def _tail_bytes(path: Path, limit: int) -> bytes:
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode(errors="replace")
+            handle.seek(max(0, handle.tell() - limit))
+            return handle.read()
     except OSError:
-        return ""
+        return b""
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    return _tail_bytes(path, limit).decode(errors="replace")
 
 
 def _same_process(pid: int, create_time: float | None, vm_id: str) -> psutil.Process | None:
@@ -530,7 +551,7 @@ class VM:
                 oom_kills = self.cgroup.oom_kill_count()
         self._finish(returncode, oom_kills)
 
-    def _finish(self, returncode: int | None, oom_kills: int) -> None:
+    def _finish(self, returncode: int | None, oom_kills: int, note: str = "") -> None:
         status = self.status
         verdict = classify_exit(
             returncode=returncode,
@@ -547,7 +568,7 @@ class VM:
             finished_at_ns=time.time_ns(),
             exit_code=verdict.exit_code,
             reason=verdict.reason,
-            message=verdict.message,
+            message=f"{verdict.message} ({note})" if note else verdict.message,
         )
         log.info("VM %s exited: %s (%s) %s", self.vm_id, verdict.exit_code, verdict.reason, verdict.message)
         asyncio.get_running_loop().create_task(self._after_exit())
@@ -688,9 +709,10 @@ class VM:
             if cgroup is not None:
                 with contextlib.suppress(Exception):
                     oom_kills = cgroup.oom_kill_count()
-            if current.state == VMState.STARTING and current.pid is None:
-                vm._status.update(lambda s: dataclasses.replace(s, message="qmprt stopped while starting it"))
-            vm._finish(None, oom_kills)
+            evidence = infer_unwatched_exit(_tail_bytes(vm.console_raw, 4096), _tail(state_path / "qemu.log"))
+            if evidence:
+                vm._status.update(lambda status: dataclasses.replace(status, **evidence))
+            vm._finish(None, oom_kills, note="seen after a qmprt restart")
             await asyncio.sleep(0)
             return vm
         await vm._attach(first_start=False)

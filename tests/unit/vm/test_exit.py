@@ -32,3 +32,19 @@ def test_classify_exit(seen: dict[str, object], code: int, reason: str, in_messa
     verdict = classify_exit(**{**BASE, **seen})  # type: ignore[arg-type]
     assert (verdict.exit_code, verdict.reason) == (code, reason)
     assert in_message in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("console", "qemu_log", "expected"),
+    [
+        (b"...\r\n[    3.1] reboot: Power down\r\n", "", {"shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}),
+        (b"[ 2.0] Kernel panic - not syncing: sysrq triggered crash\r\n", "", {"panicked": True, "shutdown_reason": "guest-panic"}),
+        (b"booting\r\n", "qemu-system-x86_64: terminating on signal 15 from pid 42", {"shutdown_reason": "host-signal"}),
+        (b"booting\r\n", "", {}),
+    ],
+    ids=["poweroff", "panic", "signal", "no-evidence"],
+)
+def test_infer_unwatched_exit(console: bytes, qemu_log: str, expected: dict[str, object]) -> None:
+    from qmprt.vm.machine import infer_unwatched_exit
+
+    assert infer_unwatched_exit(console, qemu_log) == expected
