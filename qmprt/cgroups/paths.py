@@ -38,7 +38,8 @@ def normalize_cgroup_path(path: str) -> str:
 def expand_slice(slice_name: str) -> str:
     """The cgroupfs path of a systemd slice: each ``-``-separated prefix is a parent slice.
 
-    ``kubepods-burstable-pod1.slice`` → ``kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice``;
+    ``kubepods-burstable-pod1.slice`` →
+    ``kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice``;
     ``-.slice`` is the root slice (the empty path).
     """
     if not slice_name.endswith(_SLICE_SUFFIX) or slice_name == _SLICE_SUFFIX:

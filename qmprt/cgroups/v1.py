@@ -319,7 +319,9 @@ def _inherit_cpuset(parent_directory: str, level_directory: str) -> None:
             continue
         parent_value = files.read_text(os.path.join(parent_directory, file_name)).strip()
         if not parent_value:
-            raise CgroupError(f"cannot initialise {level_file}: parent {parent_directory} has an empty {file_name}")
+            raise CgroupError(
+                f"cannot initialise {level_file}: parent {parent_directory} has an empty {file_name}"
+            )
         files.write_text(level_file, parent_value)
 
 
