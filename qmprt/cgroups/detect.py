@@ -13,7 +13,7 @@ import re
 from qmprt.cgroups.errors import CgroupUnavailable
 from qmprt.cgroups.files import DirectoryOps
 from qmprt.cgroups.model import CgroupDriver
-from qmprt.cgroups.v1 import V1_REQUIRED_CONTROLLERS, CgroupV1Driver
+from qmprt.cgroups.v1 import CgroupV1Driver
 from qmprt.cgroups.v2 import CgroupV2Driver
 
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
@@ -104,9 +104,4 @@ def detect(
             controller_mounts.setdefault(controller, mount.mount_point)
     if not controller_mounts:
         raise CgroupUnavailable(f"no cgroup v1 hierarchy or cgroup2 filesystem mounted at {normalized_root}")
-    missing = [name for name in V1_REQUIRED_CONTROLLERS if name not in controller_mounts]
-    if missing:
-        raise CgroupUnavailable(
-            f"cgroup v1 at {normalized_root} lacks hierarchies for {', '.join(missing)}"
-        )
-    return CgroupV1Driver(controller_mounts, directory_ops)
+    return CgroupV1Driver(controller_mounts, directory_ops)  # raises if a required hierarchy is missing
