@@ -5,23 +5,25 @@
     ├── CgroupBusy            processes are still in it when it must be empty
     └── CgroupUnavailable     no usable cgroup filesystem or a needed controller is missing
 
-``CgroupError`` derives from ``Exception`` for now; re-parenting it onto ``qmprt.errors.QmprtError``
-is meant to be the one-line change in this file. Every error caused by an ``OSError`` keeps it as
-``__cause__``.
+``CgroupError`` is ``qmprt.errors.CgroupFailure`` (an internal error); ``CgroupNotFound`` is also a
+``NotFound`` and ``CgroupBusy`` a ``FailedPrecondition``, so the CRI layer maps them without knowing
+cgroups. Every error caused by an ``OSError`` keeps it as ``__cause__``.
 """
 
 from __future__ import annotations
 
+from qmprt.errors import CgroupFailure, FailedPrecondition, NotFound
 
-class CgroupError(Exception):
+
+class CgroupError(CgroupFailure):
     """A cgroup operation failed."""
 
 
-class CgroupNotFound(CgroupError):
+class CgroupNotFound(CgroupError, NotFound):
     """The cgroup, or one of its per-hierarchy directories, does not exist."""
 
 
-class CgroupBusy(CgroupError):
+class CgroupBusy(CgroupError, FailedPrecondition):
     """The cgroup still holds processes (or child cgroups) when it was expected to be empty."""
 
 
