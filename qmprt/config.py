@@ -2,9 +2,10 @@
 
 ::
 
-    [runtime]   state_dir, run_dir, socket, log_level
+    [runtime]   state_dir, run_dir, socket, log_level, handlers (RuntimeClass handlers besides "")
     [vm]        accel ("auto" | "kvm" | "tcg"), machine ("q35" | "microvm"), cpus, memory_mib,
-                tcg_tb_size_mib (0 = QEMU's default), qemu_binary, stop_grace_seconds
+                tcg_tb_size_mib (0 = QEMU's default), qemu_binary, stop_grace_seconds,
+                memory_overhead_mib
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent)
     [cni]       conf_dir, bin_dirs
 
@@ -31,6 +32,7 @@ class RuntimeConfig:
     run_dir: str = "/run/qmprt"
     socket: str = "/run/qmprt/qmprt.sock"
     log_level: str = "info"
+    handlers: tuple[str, ...] = ("qmprt",)  # RuntimeClass handlers accepted besides the default ""
 
     def validate(self) -> None:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -49,6 +51,7 @@ class VMDefaults:
     tcg_tb_size_mib: int = 0
     qemu_binary: str = "qemu-system-x86_64"
     stop_grace_seconds: float = 30.0
+    memory_overhead_mib: int = 160  # per-VM host memory besides guest RAM (see qmprt.pod.sizing)
 
     def validate(self) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -59,6 +62,8 @@ class VMDefaults:
             raise InvalidArgument("vm.cpus must be between 1 and 255")
         if self.memory_mib < 32:
             raise InvalidArgument("vm.memory_mib must be at least 32")
+        if self.memory_overhead_mib < 0:
+            raise InvalidArgument("vm.memory_overhead_mib must not be negative")
         if self.tcg_tb_size_mib < 0:
             raise InvalidArgument("vm.tcg_tb_size_mib must be 0 (QEMU's default) or positive")
 
