@@ -139,7 +139,7 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: str) -> Config
         raise InvalidArgument(f"config has unknown tables: {', '.join(unknown)}")
     parts: dict[str, Any] = {name: _table(cls, name, document.get(name, {})) for name, cls in tables.items()}
     config = Config(**parts)
-    runtime_changes = {
+    runtime_changes: dict[str, Any] = {
         key: value
         for key, value in {
             "state_dir": overrides.get("state_dir") or os.environ.get("QMPRT_STATE_DIR"),

@@ -64,7 +64,7 @@ class CRILogWriter:
                 newline = buffer.find(b"\n")
                 if newline < 0 or newline > MAX_LINE:
                     break
-                line = buffer[:newline].rstrip(b"\r")
+                line = buffer[:newline].strip(b"\r")
                 out.append(self._emit(line, b"F", now))
                 buffer = buffer[newline + 1 :]
             while len(buffer) >= MAX_LINE and buffer.find(b"\n", 0, MAX_LINE) < 0:

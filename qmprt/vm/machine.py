@@ -64,7 +64,8 @@ EXIT_SETTLE_SECONDS = 2.0
 class CgroupLike(Protocol):
     """What the engine needs of a cgroup (``qmprt.cgroups`` provides it)."""
 
-    path: str
+    @property
+    def path(self) -> str: ...
 
     def exec_prefix(self) -> list[str]: ...
     def oom_kill_count(self) -> int: ...
@@ -545,6 +546,7 @@ class VM:
                     await self._events_task
             for event in self.monitor.pending_events():
                 self._record_event(event)
+            await self.monitor.close()
         oom_kills = 0
         if self.cgroup is not None:
             with contextlib.suppress(Exception):
@@ -579,8 +581,6 @@ class VM:
         for marker, waiter in self._console_waiters:
             if not waiter.done():
                 waiter.set_exception(FailedPrecondition(f"the VM exited before printing {marker!r}"))
-        if self.monitor is not None:
-            await self.monitor.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

@@ -1,0 +1,115 @@
+"""Recovery: a starting qmprt takes over everything an earlier one left, and drops nothing silently.
+
+Assumptions:
+- The state root is only written by one qmprt at a time (the server refuses to share a socket, and
+  each instance has its own state root).
+- Metadata files are written once, before anything else of the object exists; a directory without
+  one is a creation that crashed half-way, and is deleted (with its network namespace).
+- Status files are replaced atomically, so they are whole; they may lag reality by one step, which
+  recovery repairs: a RUNNING container whose VM is gone is judged from the VM's recorded events and
+  console; a CREATED container whose VM exists (a crash between spawning QEMU and recording it) is
+  adopted as RUNNING.
+- QEMU processes are identified by pid, start time and ``-name guest=<container id>``; a reused pid
+  is never mistaken for a VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qmprt import state
+from qmprt.errors import QmprtError
+from qmprt.net import netns
+from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE, Container, Sandbox
+from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.vm.console import CRILogWriter
+from qmprt.vm.machine import VM, VMState
+
+if TYPE_CHECKING:
+    from qmprt.pod.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def recover(runtime: Runtime) -> None:
+    adopted = exited = removed = 0
+    for directory in sorted(runtime.pods_root.iterdir()):
+        if not directory.is_dir():
+            continue
+        state.remove_stale_temp_files(directory)
+        if not (directory / SANDBOX_FILE).exists():
+            log.warning("removing half-created sandbox %s", directory.name[:12])
+            netns.remove(netns.netns_name(directory.name))
+            shutil.rmtree(directory, ignore_errors=True)
+            removed += 1
+            continue
+        sandbox = Sandbox.load(directory)
+        if sandbox.status.state == SandboxState.READY and not netns.exists(netns.netns_name(sandbox.id)):
+            log.warning("sandbox %s lost its network namespace: NOTREADY", sandbox.id[:12])
+            sandbox.set_state(SandboxState.NOTREADY)
+        runtime.register_sandbox(sandbox)
+        for container_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
+            state.remove_stale_temp_files(container_dir)
+            if not (container_dir / CONTAINER_FILE).exists():
+                log.warning("removing half-created container %s", container_dir.name[:12])
+                shutil.rmtree(container_dir, ignore_errors=True)
+                removed += 1
+                continue
+            container = Container.load(container_dir)
+            runtime.register_container(container)
+            outcome = await _recover_container(runtime, container)
+            adopted += outcome == "adopted"
+            exited += outcome == "exited"
+    log.info(
+        "recovered %d sandboxes, %d containers: %d VMs adopted, %d found exited, %d half-created removed",
+        len(runtime.sandboxes), len(runtime.containers), adopted, exited, removed,
+    )
+
+
+async def _recover_container(runtime: Runtime, container: Container) -> str:
+    status = container.status
+    has_vm = (container.directory / "vm.json").exists()
+    if status.state not in (ContainerState.RUNNING, ContainerState.CREATED) or not has_vm:
+        if status.state == ContainerState.RUNNING:
+            container.update(
+                ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=255, reason="Error",
+                message="qmprt stopped while starting this container; its VM never ran",
+            )
+            return "exited"
+        return "unchanged"
+    cgroup = None
+    with contextlib.suppress(QmprtError):
+        if runtime.cgroup_driver.exists(container.record.cgroup_path):
+            cgroup = runtime.cgroup_driver.open(container.record.cgroup_path)
+    writer = None
+    log_path = container.record.log_path
+    if log_path and Path(log_path).parent.is_dir():
+        writer = CRILogWriter(log_path)
+    try:
+        vm = await VM.adopt(container.directory, cgroup=cgroup, log_writer=writer)
+    except QmprtError as err:
+        log.error("container %s: cannot adopt its VM: %s", container.id[:12], err)
+        if writer is not None:
+            writer.close()
+        container.update(
+            ContainerState.UNKNOWN if status.state == ContainerState.RUNNING else ContainerState.EXITED,
+            message=f"qmprt could not re-adopt the VM after a restart: {err}",
+        )
+        return "exited"
+    runtime.attach_vm(container, vm, writer)
+    if vm.status.state == VMState.EXITED:
+        if status.state == ContainerState.CREATED:
+            container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
+        container.sync_from_vm()
+        if writer is not None:
+            writer.close()
+            container.log_writer = None
+        return "exited"
+    if status.state == ContainerState.CREATED:
+        container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
+    return "adopted"

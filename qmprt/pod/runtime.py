@@ -1,0 +1,510 @@
+"""The pod runtime: sandboxes and containers over the VM engine, with everything kept on disk.
+
+Every mutating call builds its object inside an ``AsyncExitStack`` and keeps the undo steps only on
+success, so a failed call leaves nothing behind (no QEMU, netns, cgroup, file or reserved name).
+Reads (status, lists, stats) are served from memory and never ask a VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from qmprt import cgroups, state
+from qmprt.config import Config
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from qmprt.image.overlay import create_overlay
+from qmprt.net import netns
+from qmprt.pod import guest, recovery
+from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.records import Container, ContainerRecord, Sandbox
+from qmprt.pod.sizing import size_vm
+from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.pod.stats import container_stats, sandbox_stats
+from qmprt.pod.types import (
+    ContainerInfo,
+    ContainerStatsInfo,
+    ContainerStatus,
+    RuntimeHealth,
+    SandboxInfo,
+    SandboxStatsInfo,
+    SandboxStatus,
+)
+from qmprt.vm import accel as accel_module
+from qmprt.vm.agent import ExecResult
+from qmprt.vm.console import CRILogWriter
+from qmprt.vm.machine import VM, VMState
+
+if TYPE_CHECKING:
+    from qmprt.image import ImageStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", Sandbox, Container)
+LIVE_STATES = (ContainerState.CREATED, ContainerState.RUNNING)
+CNI_CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
+FORCED_STOP_GRACE = 0.0
+
+
+def _lookup(objects: Mapping[str, T], object_id: str, kind: str) -> T:
+    """By full id or unambiguous prefix, as crictl users type them."""
+    if not object_id:
+        raise InvalidArgument(f"a {kind} id is required")
+    found = objects.get(object_id)
+    if found is not None:
+        return found
+    matches = [value for key, value in objects.items() if key.startswith(object_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound(f"{kind} {object_id!r} does not exist")
+    raise InvalidArgument(f"{kind} id prefix {object_id!r} is ambiguous")
+
+
+def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+class Runtime:
+    def __init__(self, config: Config, images: ImageStore, cgroup_driver: cgroups.CgroupDriver) -> None:
+        self.config = config
+        self.images = images
+        self.cgroup_driver = cgroup_driver
+        self.state_root = state.ensure_private_dir(config.runtime.state_dir)
+        self.pods_root = state.ensure_private_dir(self.state_root / "pods")
+        self.run_root = state.ensure_private_dir(config.runtime.run_dir)
+        self.accel = accel_module.detect(None if config.vm.accel == "auto" else config.vm.accel)
+        self.sandboxes: dict[str, Sandbox] = {}
+        self.containers: dict[str, Container] = {}
+        self._sandbox_names: dict[tuple[str, str, str, int], str] = {}
+        self._container_names: dict[tuple[str, str, int], str] = {}
+        self.pod_cidr = ""
+        log.info("accelerator: %s (%s)", self.accel.accel, self.accel.reason)
+
+    # -- lifecycle of the runtime itself --------------------------------------------------------------
+    @classmethod
+    async def open(cls, config: Config) -> Runtime:
+        from qmprt.image import open_store
+
+        images = open_store(config)
+        runtime = cls(config, images, cgroups.detect())
+        await recovery.recover(runtime)
+        return runtime
+
+    async def close(self) -> None:
+        """Let go of every VM without stopping it: the next qmprt adopts them."""
+        for container in list(self.containers.values()):
+            if container.vm is not None and container.vm.status.state != VMState.EXITED:
+                await container.vm.detach()
+            if container.log_writer is not None:
+                container.log_writer.close()
+
+    def health(self) -> RuntimeHealth:
+        conf_dir = Path(self.config.cni.conf_dir)
+        has_cni = conf_dir.is_dir() and any(
+            entry.suffix in CNI_CONFIG_SUFFIXES for entry in conf_dir.iterdir() if entry.is_file()
+        )
+        return RuntimeHealth(
+            runtime_ready=True,
+            runtime_reason="",
+            runtime_message=f"qmprt is up; accelerator {self.accel.accel}",
+            network_ready=has_cni,
+            network_reason="" if has_cni else "NetworkPluginNotReady",
+            network_message="" if has_cni else f"no CNI configuration in {conf_dir}",
+        )
+
+    def cgroup_driver_name(self) -> str:
+        return self.config.cgroups.driver
+
+    def update_runtime_config(self, pod_cidr: str) -> None:
+        self.pod_cidr = pod_cidr
+
+    # -- registration (also used by recovery) -------------------------------------------------------
+    def register_sandbox(self, sandbox: Sandbox) -> None:
+        metadata = sandbox.spec.metadata
+        self._sandbox_names[(metadata.name, metadata.namespace, metadata.uid, metadata.attempt)] = sandbox.id
+        self.sandboxes[sandbox.id] = sandbox
+
+    def register_container(self, container: Container) -> None:
+        metadata = container.spec.metadata
+        self._container_names[(container.sandbox_id, metadata.name, metadata.attempt)] = container.id
+        self.containers[container.id] = container
+
+    def _forget_container(self, container: Container) -> None:
+        metadata = container.spec.metadata
+        self._container_names.pop((container.sandbox_id, metadata.name, metadata.attempt), None)
+        self.containers.pop(container.id, None)
+
+    def container_run_dir(self, container_id: str) -> Path:
+        return self.run_root / "vm" / container_id[:16]
+
+    # -- sandboxes ----------------------------------------------------------------------------------------
+    async def run_sandbox(self, spec: SandboxSpec) -> str:
+        metadata = spec.metadata
+        if not metadata.name or not metadata.namespace or not metadata.uid:
+            raise InvalidArgument("sandbox metadata needs name, namespace and uid")
+        if spec.runtime_handler not in ("", *self.config.runtime.handlers):
+            raise InvalidArgument(
+                f"unknown runtime handler {spec.runtime_handler!r}; this qmprt serves "
+                f"{', '.join(repr(h) for h in ('', *self.config.runtime.handlers))}"
+            )
+        if spec.log_directory and not os.path.isabs(spec.log_directory):
+            raise InvalidArgument(f"log_directory {spec.log_directory!r} must be an absolute path")
+        key = (metadata.name, metadata.namespace, metadata.uid, metadata.attempt)
+        if key in self._sandbox_names:
+            raise AlreadyExists(
+                f"sandbox name {metadata.name}/{metadata.namespace} attempt {metadata.attempt} "
+                f"is already used by {self._sandbox_names[key]}"
+            )
+        sandbox_id = secrets.token_hex(32)
+        self._sandbox_names[key] = sandbox_id
+        async with contextlib.AsyncExitStack() as undo:
+            undo.callback(self._sandbox_names.pop, key, None)
+            directory = self.pods_root / sandbox_id
+            state.ensure_private_dir(directory)
+            undo.callback(shutil.rmtree, directory, ignore_errors=True)
+            netns_name = netns.netns_name(sandbox_id)
+            netns_path = await asyncio.to_thread(netns.create, netns_name)
+            undo.callback(netns.remove, netns_name)
+            sandbox = Sandbox.create(
+                sandbox_id, directory, spec,
+                SandboxStatus(SandboxState.READY, time.time_ns(), netns_path=str(netns_path)),
+            )
+            self.sandboxes[sandbox_id] = sandbox
+            undo.pop_all()
+        log.info("sandbox %s ready (%s/%s)", sandbox_id[:12], metadata.namespace, metadata.name)
+        return sandbox_id
+
+    def sandbox(self, sandbox_id: str) -> SandboxInfo:
+        return _lookup(self.sandboxes, sandbox_id, "sandbox").info()
+
+    def list_sandboxes(
+        self, *, id: str = "", state: SandboxState | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[SandboxInfo]:
+        found = []
+        for sandbox in list(self.sandboxes.values()):
+            if id and not sandbox.id.startswith(id):
+                continue
+            if state is not None and sandbox.status.state != state:
+                continue
+            if labels and not _labels_match(sandbox.spec.labels, labels):
+                continue
+            found.append(sandbox.info())
+        return found
+
+    def _containers_of(self, sandbox_id: str) -> list[Container]:
+        return [c for c in list(self.containers.values()) if c.sandbox_id == sandbox_id]
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        try:
+            sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+        except NotFound:
+            return
+        async with sandbox.lock:
+            for container in self._containers_of(sandbox.id):
+                await self._stop_container(container, FORCED_STOP_GRACE)
+            await asyncio.to_thread(netns.remove, netns.netns_name(sandbox.id))
+            if sandbox.status.state != SandboxState.NOTREADY:
+                sandbox.set_state(SandboxState.NOTREADY)
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        try:
+            sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+        except NotFound:
+            return
+        await self.stop_sandbox(sandbox.id)
+        async with sandbox.lock:
+            for container in self._containers_of(sandbox.id):
+                await self._remove_container(container)
+            self._delete_sandbox_cgroup(sandbox)
+            await asyncio.to_thread(shutil.rmtree, sandbox.directory, True)
+            metadata = sandbox.spec.metadata
+            self._sandbox_names.pop((metadata.name, metadata.namespace, metadata.uid, metadata.attempt), None)
+            self.sandboxes.pop(sandbox.id, None)
+        log.info("sandbox %s removed", sandbox.id[:12])
+
+    def sandbox_cgroup_path(self, sandbox: Sandbox) -> str:
+        if sandbox.spec.cgroup_parent:
+            try:
+                return cgroups.parent_to_path(sandbox.spec.cgroup_parent, self.config.cgroups.driver)  # type: ignore[arg-type]
+            except ValueError as err:
+                raise InvalidArgument(f"cgroup_parent: {err}") from err
+        return f"{self.config.cgroups.root}/{sandbox.id[:16]}"
+
+    def _delete_sandbox_cgroup(self, sandbox: Sandbox) -> None:
+        if sandbox.spec.cgroup_parent:
+            return  # kubelet owns the pod's cgroup
+        path = self.sandbox_cgroup_path(sandbox)
+        with contextlib.suppress(Exception):
+            if self.cgroup_driver.exists(path):
+                self.cgroup_driver.open(path).delete()
+
+    # -- containers ---------------------------------------------------------------------------------------
+    async def create_container(self, sandbox_id: str, spec: ContainerSpec) -> str:
+        sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+        metadata = spec.metadata
+        if not metadata.name:
+            raise InvalidArgument("container metadata needs a name")
+        if not spec.image:
+            raise InvalidArgument("container needs an image")
+        if spec.log_path and (os.path.isabs(spec.log_path) or ".." in Path(spec.log_path).parts):
+            raise InvalidArgument(
+                f"log_path {spec.log_path!r} must be relative to the sandbox's log_directory, without '..'"
+            )
+        if spec.log_path and not sandbox.spec.log_directory:
+            raise InvalidArgument("log_path is set but the sandbox has no log_directory")
+        async with sandbox.lock:
+            if sandbox.status.state != SandboxState.READY:
+                raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready: it was stopped")
+            live = [c for c in self._containers_of(sandbox.id) if c.status.state in LIVE_STATES]
+            if live:
+                raise FailedPrecondition(
+                    f"sandbox {sandbox.id[:12]} already has a live container ({live[0].spec.metadata.name}, "
+                    f"{live[0].status.state.value}): a VM pod runs one container at a time; stop and remove "
+                    "it first (init containers run to completion before the next)"
+                )
+            name_key = (sandbox.id, metadata.name, metadata.attempt)
+            if name_key in self._container_names:
+                raise AlreadyExists(
+                    f"container name {metadata.name} attempt {metadata.attempt} is already used in this "
+                    f"sandbox by {self._container_names[name_key][:12]}"
+                )
+            image = self.images.resolve(spec.image)
+            if image is None:
+                raise NotFound(f"image {spec.image!r} is not present on this node: pull it first")
+            size = size_vm(
+                spec.resources, self.config.vm.cpus, self.config.vm.memory_mib, self.config.vm.memory_overhead_mib
+            )
+            container_id = secrets.token_hex(32)
+            self._container_names[name_key] = container_id
+            async with contextlib.AsyncExitStack() as undo:
+                undo.callback(self._container_names.pop, name_key, None)
+                directory = sandbox.directory / container_id
+                state.ensure_private_dir(directory)
+                undo.callback(shutil.rmtree, directory, ignore_errors=True)
+                await asyncio.to_thread(create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE)  # type: ignore[arg-type]
+                await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec)
+                record = ContainerRecord(
+                    spec=spec,
+                    sandbox_id=sandbox.id,
+                    image_digest=image.digest,
+                    image_path=image.path,
+                    image_format=image.format,
+                    log_path=os.path.join(sandbox.spec.log_directory, spec.log_path) if spec.log_path else "",
+                    cgroup_path=f"{self.sandbox_cgroup_path(sandbox)}/qmprt-{container_id[:16]}",
+                    vcpus=size.vcpus,
+                    guest_memory_mib=size.guest_memory_mib,
+                    cgroup_memory_bytes=size.cgroup_memory_bytes,
+                )
+                container = Container.create(
+                    container_id, directory, record, ContainerStatus(ContainerState.CREATED, time.time_ns())
+                )
+                self.containers[container_id] = container
+                undo.pop_all()
+        log.info("container %s created in sandbox %s", container_id[:12], sandbox.id[:12])
+        return container_id
+
+    def container(self, container_id: str) -> ContainerInfo:
+        return _lookup(self.containers, container_id, "container").info()
+
+    def list_containers(
+        self,
+        *,
+        id: str = "",
+        state: ContainerState | None = None,
+        sandbox_id: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> list[ContainerInfo]:
+        found = []
+        for container in list(self.containers.values()):
+            if id and not container.id.startswith(id):
+                continue
+            if sandbox_id and not container.sandbox_id.startswith(sandbox_id):
+                continue
+            if state is not None and container.status.state != state:
+                continue
+            if labels and not _labels_match(container.spec.labels, labels):
+                continue
+            found.append(container.info())
+        return found
+
+    def _open_log(self, container: Container) -> CRILogWriter | None:
+        log_path = container.record.log_path
+        if not log_path:
+            return None
+        if not Path(log_path).parent.is_dir():
+            raise FailedPrecondition(f"log directory {Path(log_path).parent} does not exist (kubelet creates it)")
+        return CRILogWriter(log_path)
+
+    def make_cgroup(self, container: Container) -> cgroups.Cgroup:
+        cgroup = self.cgroup_driver.create(container.record.cgroup_path)
+        if container.record.cgroup_memory_bytes is not None:
+            cgroup.set_limits(cgroups.CgroupLimits(memory_bytes=container.record.cgroup_memory_bytes))
+        return cgroup
+
+    async def start_container(self, container_id: str) -> None:
+        container = _lookup(self.containers, container_id, "container")
+        sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
+        async with container.lock:
+            if container.status.state != ContainerState.CREATED:
+                raise FailedPrecondition(
+                    f"container {container.id[:12]} is {container.status.state.value}; only a created container can start"
+                )
+            if sandbox.status.state != SandboxState.READY:
+                raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready")
+            log_writer = self._open_log(container)
+            config = guest.vm_config(container.id, container.directory, container.record, self.config, self.accel.accel)
+            cgroup: cgroups.Cgroup | None = None
+            try:
+                cgroup = self.make_cgroup(container)
+                vm = await VM.start(
+                    config, container.directory, self.container_run_dir(container.id), cgroup=cgroup, log_writer=log_writer
+                )
+            except BaseException as err:
+                if cgroup is not None:
+                    with contextlib.suppress(Exception):
+                        cgroup.kill()
+                        cgroup.delete()
+                if log_writer is not None:
+                    log_writer.close()
+                with contextlib.suppress(Exception):
+                    (container.directory / "vm.json").unlink(missing_ok=True)
+                if isinstance(err, Exception):
+                    container.update(
+                        ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=128,
+                        reason="StartError", message=str(err),
+                    )
+                raise
+            self.attach_vm(container, vm, log_writer)
+            container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
+        log.info("container %s started (pid %s)", container.id[:12], vm.status.pid)
+
+    def attach_vm(self, container: Container, vm: VM, log_writer: CRILogWriter | None) -> None:
+        container.vm = vm
+        container.log_writer = log_writer
+        vm.on_exit(lambda _vm: self._on_vm_exit(container))
+
+    def _on_vm_exit(self, container: Container) -> None:
+        container.sync_from_vm()
+        if container.log_writer is not None:
+            container.log_writer.close()
+            container.log_writer = None
+        log.info(
+            "container %s exited: %s %s", container.id[:12], container.status.exit_code, container.status.reason
+        )
+
+    async def stop_container(self, container_id: str, timeout_s: int) -> None:
+        try:
+            container = _lookup(self.containers, container_id, "container")
+        except NotFound:
+            return
+        await self._stop_container(container, float(max(timeout_s, 0)))
+
+    async def _stop_container(self, container: Container, grace: float) -> None:
+        async with container.lock:
+            vm = container.vm
+            if container.status.state != ContainerState.RUNNING or vm is None:
+                return
+            await vm.stop(grace)
+            container.sync_from_vm()
+
+    async def remove_container(self, container_id: str) -> None:
+        try:
+            container = _lookup(self.containers, container_id, "container")
+        except NotFound:
+            return
+        await self._remove_container(container)
+
+    async def _remove_container(self, container: Container) -> None:
+        await self._stop_container(container, FORCED_STOP_GRACE)
+        async with container.lock:
+            if container.vm is not None:
+                await asyncio.sleep(0)  # let the exit callbacks run
+                with contextlib.suppress(FailedPrecondition):
+                    container.vm.remove_files()
+            with contextlib.suppress(Exception):
+                if self.cgroup_driver.exists(container.record.cgroup_path):
+                    self.cgroup_driver.open(container.record.cgroup_path).delete()
+            shutil.rmtree(self.container_run_dir(container.id), ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, container.directory, True)
+            self._forget_container(container)
+        log.info("container %s removed", container.id[:12])
+
+    def _running_vm(self, container_id: str) -> tuple[Container, VM]:
+        container = _lookup(self.containers, container_id, "container")
+        if container.status.state != ContainerState.RUNNING or container.vm is None:
+            raise FailedPrecondition(f"container {container.id[:12]} is not running")
+        return container, container.vm
+
+    async def exec_sync(self, container_id: str, argv: Sequence[str], timeout_s: int) -> ExecResult:
+        if not argv:
+            raise InvalidArgument("exec needs a command")
+        _, vm = self._running_vm(container_id)
+        return await vm.agent.exec(list(argv), timeout=float(timeout_s) if timeout_s > 0 else None)
+
+    async def reopen_log(self, container_id: str) -> None:
+        container, _ = self._running_vm(container_id)
+        if container.log_writer is None:
+            raise FailedPrecondition(f"container {container.id[:12]} has no log file")
+        container.log_writer.reopen()
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None:
+        """Apply CPU quota/period/shares and cpusets to the VM's cgroup; memory only within its budget."""
+        container, vm = self._running_vm(container_id)
+        if vm.cgroup is None:
+            raise FailedPrecondition(f"container {container.id[:12]} has no cgroup")
+        if resources.memory_limit_in_bytes:
+            floor = (container.record.guest_memory_mib + self.config.vm.memory_overhead_mib) << 20
+            if resources.memory_limit_in_bytes < floor:
+                raise FailedPrecondition(
+                    f"memory limit {resources.memory_limit_in_bytes >> 20} MiB is below the running VM's "
+                    f"guest RAM plus overhead ({floor >> 20} MiB); guest RAM cannot shrink while it runs"
+                )
+        if resources.cpu_quota > 0 and resources.cpu_period > 0:
+            wanted = -(-resources.cpu_quota // resources.cpu_period)
+            if wanted > container.record.vcpus:
+                log.info("container %s: quota allows %d CPUs, the VM keeps %d vCPUs", container.id[:12], wanted, container.record.vcpus)
+        limits = cgroups.CgroupLimits(
+            memory_bytes=resources.memory_limit_in_bytes or None,
+            cpu_quota_us=resources.cpu_quota if resources.cpu_quota else None,
+            cpu_period_us=resources.cpu_period or None,
+            cpu_shares=resources.cpu_shares or None,
+            cpuset_cpus=resources.cpuset_cpus or None,
+            cpuset_mems=resources.cpuset_mems or None,
+        )
+        try:
+            vm.cgroup.set_limits(limits)  # type: ignore[attr-defined]
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from err
+
+    # -- stats ----------------------------------------------------------------------------------------------
+    def container_stats(self, container_id: str) -> ContainerStatsInfo:
+        return container_stats(self, _lookup(self.containers, container_id, "container"))
+
+    def list_container_stats(
+        self, *, id: str = "", sandbox_id: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[ContainerStatsInfo]:
+        infos = self.list_containers(id=id, sandbox_id=sandbox_id, labels=labels)
+        return [container_stats(self, self.containers[info.id]) for info in infos if info.id in self.containers]
+
+    def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo:
+        sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+        return sandbox_stats(self, sandbox, self._containers_of(sandbox.id))
+
+    def list_sandbox_stats(self, *, id: str = "", labels: Mapping[str, str] | None = None) -> list[SandboxStatsInfo]:
+        infos = self.list_sandboxes(id=id, labels=labels)
+        return [self.sandbox_stats(info.id) for info in infos if info.id in self.sandboxes]
+
+    def image_in_use(self, digest: str) -> bool:
+        return any(container.record.image_digest == digest for container in self.containers.values())
+
+    def all_containers(self) -> Iterable[Container]:
+        return list(self.containers.values())

@@ -1,0 +1,77 @@
+"""Fixtures for tests that boot real guests under QEMU (TCG here) with real cgroups."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from qmprt import cgroups
+from qmprt.vm.machine import VM, VMState
+
+from .guests import TinyGuest, tiny_guest
+
+TEST_CGROUP_ROOT = f"qmprt-test-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinyGuest:
+    return tiny_guest()
+
+
+@pytest.fixture(scope="session")
+def cgroup_driver() -> Iterator[cgroups.CgroupDriver]:
+    driver = cgroups.detect()
+    yield driver
+    if driver.exists(TEST_CGROUP_ROOT):
+        driver.open(TEST_CGROUP_ROOT).delete()
+    assert not driver.exists(TEST_CGROUP_ROOT), "a test left a cgroup behind"
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A short directory for unix sockets (pytest's tmp_path can exceed the 107-byte limit)."""
+    path = Path(f"/tmp/qmprt-t-{secrets.token_hex(4)}")
+    path.mkdir(mode=0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _qemu_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] and "qemu-system" in process.info["name"] and any(tag in arg for arg in cmdline):
+            found.append(process)
+    return found
+
+
+@pytest.fixture
+def vm_tag() -> str:
+    """A prefix for the VM ids of one test; the leak check looks for QEMU processes carrying it."""
+    return f"t{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+async def vms(vm_tag: str, cgroup_driver: cgroups.CgroupDriver) -> AsyncIterator[list[VM]]:
+    """VMs a test starts; anything still running afterwards is killed and reported as a leak."""
+    started: list[VM] = []
+    yield started
+    leaked = []
+    for vm in started:
+        if vm.status.state != VMState.EXITED:
+            leaked.append(vm.vm_id)
+            await vm.stop(grace=0)
+    for process in _qemu_processes(f"guest={vm_tag}"):
+        leaked.append(f"pid {process.pid}")
+        process.kill()
+    assert not leaked, f"the test left VMs running: {leaked}"
+
+
+def make_cgroup(driver: cgroups.CgroupDriver, name: str) -> cgroups.Cgroup:
+    return driver.create(f"{TEST_CGROUP_ROOT}/{name}")

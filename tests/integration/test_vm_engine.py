@@ -1,0 +1,203 @@
+"""The VM engine on real QEMU: the tiny guest boots, talks, stops, crashes, and survives restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from qmprt import cgroups
+from qmprt.cloudinit import SeedSpec
+from qmprt.errors import ShutdownError
+from qmprt.vm.console import CRILogWriter
+from qmprt.vm.machine import VM, ShutdownStep, VMState
+
+from .conftest import make_cgroup
+from .guests import BOOT_MODES, TinyGuest, vm_config
+
+BOOT_TIMEOUT = 90
+CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout [PF] ")
+
+
+async def boot(
+    tiny: TinyGuest, tmp_path: Path, run_dir: Path, vms: list[VM], driver: cgroups.CgroupDriver,
+    vm_id: str, mode: str = "q35-direct", seed: SeedSpec | None = None,
+) -> VM:
+    config = vm_config(tiny, tmp_path / vm_id, vm_id, mode, seed)
+    cgroup = make_cgroup(driver, vm_id)
+    try:
+        vm = await VM.start(
+            config, tmp_path / vm_id, run_dir / vm_id, cgroup=cgroup,
+            log_writer=CRILogWriter(tmp_path / f"{vm_id}.log"),
+        )
+    except BaseException:
+        cgroup.kill()
+        cgroup.delete()
+        raise
+    vms.append(vm)
+    await vm.wait_for_console(tiny.ready_marker, BOOT_TIMEOUT)
+    return vm
+
+
+@pytest.mark.parametrize("mode", list(BOOT_MODES), ids=list(BOOT_MODES))
+async def test_boot_talk_and_graceful_stop(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver, mode) -> None:
+    seed = SeedSpec(instance_id=f"{vm_tag}-{mode}", hostname=f"guest-{mode}")
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-{mode}", mode, seed)
+    assert vm.status.state == VMState.RUNNING
+    assert vm.monitor is not None
+    assert await vm.monitor.query_status() == "running"
+    vcpus = await vm.monitor.query_vcpus()
+    assert len(vcpus) == 1
+    # The emulator and its vCPU thread live in the VM's own cgroup.
+    assert vm.cgroup is not None and vm.status.pid in vm.cgroup.pids()
+    assert f":/{vm.cgroup.path}\n" in Path(f"/proc/{vm.status.pid}/task/{vcpus[0].thread_id}/cgroup").read_text()
+
+    await vm.agent.ping()
+    uname = await vm.agent.exec(["uname", "-r"], timeout=20)
+    assert (uname.exit_code, uname.stdout.decode().strip()) == (0, tiny.kernel_version)
+    hostname = await vm.agent.exec(["cat", "/etc/hostname"], timeout=20)
+    assert hostname.stdout.decode().strip() == f"guest-{mode}"
+    failing = await vm.agent.exec(["sh", "-c", "echo oops >&2; exit 3"], timeout=20)
+    assert (failing.exit_code, failing.stderr) == (3, b"oops\n")
+
+    cgroup_path = vm.cgroup.path
+    assert await vm.stop(grace=30) == ShutdownStep.POWERDOWN
+    status = vm.status
+    assert (status.state, status.exit_code, status.reason) == (VMState.EXITED, 0, "Completed")
+    assert status.finished_at_ns > status.started_at_ns > 0
+    await asyncio.sleep(0.2)
+    assert not cgroup_driver.exists(cgroup_path), "the VM's cgroup outlived it"
+    lines = (tmp_path / f"{vm.vm_id}.log").read_text().splitlines()
+    assert all(CRI_LINE.match(line) for line in lines), lines[:5]
+    assert any(line.endswith(f"F {tiny.ready_marker}") for line in lines)
+    assert any("reboot: Power down" in line for line in lines)
+
+
+async def test_guest_poweroff_is_completed(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    seed = SeedSpec(instance_id=vm_tag, hostname="leaver", command=("/bin/sh", "-c", "echo bye; poweroff"))
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-off", seed=seed)
+    status = await vm.wait_exit(60)
+    assert (status.exit_code, status.reason, status.shutdown_reason) == (0, "Completed", "guest-shutdown")
+    assert "F bye" in (tmp_path / f"{vm.vm_id}.log").read_text()
+
+
+async def test_killed_emulator_is_an_error(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-kill")
+    assert vm.status.pid is not None
+    psutil.Process(vm.status.pid).send_signal(signal.SIGKILL)
+    status = await vm.wait_exit(30)
+    assert (status.exit_code, status.reason) == (137, "Error")
+    assert "SIGKILL" in status.message
+
+
+async def test_guest_panic_is_reported(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-panic")
+    await vm.agent.exec(["sh", "-c", "(sleep 0.5; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &"], timeout=20)
+    status = await vm.wait_exit(60)
+    assert status.panicked
+    assert (status.exit_code, status.reason) == (1, "Error")
+    assert "panicked" in status.message
+
+
+async def test_unresponsive_guest_escalates(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-stuck")
+    assert vm.monitor is not None
+    await vm.monitor.execute("stop")  # a paused guest cannot answer the power button
+    with pytest.raises(ShutdownError) as raised:
+        await vm.stop(grace=1, allow=ShutdownStep.POWERDOWN)
+    assert raised.value.step == "QUIT"
+    assert vm.status.state == VMState.STOPPING
+    assert await vm.stop(grace=1) == ShutdownStep.QUIT
+    assert (vm.status.exit_code, vm.status.reason) == (137, "Error")
+    assert "did not power off" in vm.status.message
+
+
+def _start_in_child(config_json: str, state_dir: Path, run_dir: Path, cgroup_path: str, log: Path) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("supervisor_child.py")), config_json,
+         str(state_dir), str(run_dir), cgroup_path, str(log)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.startswith("started"), line
+    return child
+
+
+async def test_vm_survives_a_restart_of_its_supervisor(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    vm_id = f"{vm_tag}-adopt"
+    config = vm_config(tiny, tmp_path / vm_id, vm_id, seed=SeedSpec(instance_id=vm_id, hostname="phoenix"))
+    cgroup = make_cgroup(cgroup_driver, vm_id)
+    log = tmp_path / "adopt.log"
+    child = _start_in_child(json.dumps(config.to_json()), tmp_path / vm_id, run_dir / vm_id, cgroup.path, log)
+    try:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while tiny.ready_marker not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        child.kill()  # the supervisor dies without any cleanup
+        child.wait()
+        vm = await VM.adopt(tmp_path / vm_id, cgroup=cgroup_driver.open(cgroup.path), log_writer=CRILogWriter(log))
+        vms.append(vm)
+        assert vm.status.state == VMState.RUNNING
+        assert vm.monitor is not None and await vm.monitor.query_status() == "running"
+        hostname = await vm.agent.exec(["cat", "/etc/hostname"], timeout=20)
+        assert hostname.stdout == b"phoenix\n"
+        # Console output after the restart still reaches the same CRI log, once.
+        await vm.agent.exec(["sh", "-c", "echo after-restart > /dev/ttyS0"], timeout=20)
+        await vm.wait_for_console("after-restart", 20)
+        await asyncio.sleep(0.2)
+        text = log.read_text()
+        assert text.count(f"F {tiny.ready_marker}\n") == 1 and text.count("F after-restart\n") == 1
+        assert await vm.stop(grace=30) == ShutdownStep.POWERDOWN
+        assert (vm.status.exit_code, vm.status.reason) == (0, "Completed")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.parametrize("how", ["guest-poweroff", "sigkill"], ids=["guest-poweroff", "sigkill"])
+async def test_vm_that_died_while_unsupervised_is_reported(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver, how) -> None:
+    vm_id = f"{vm_tag}-{how}"
+    config = vm_config(tiny, tmp_path / vm_id, vm_id)
+    cgroup = make_cgroup(cgroup_driver, vm_id)
+    log = tmp_path / "orphan.log"
+    child = _start_in_child(json.dumps(config.to_json()), tmp_path / vm_id, run_dir / vm_id, cgroup.path, log)
+    child.kill()
+    child.wait()
+    pid = json.loads((tmp_path / vm_id / "vm-status.json").read_text())["pid"]
+    process = psutil.Process(pid)
+    if how == "sigkill":
+        process.kill()
+    else:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while tiny.ready_marker not in (tmp_path / vm_id / "console.raw").read_text(errors="replace"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        from qmprt.vm.agent import GuestAgent
+
+        agent = GuestAgent(str(run_dir / vm_id / "qga.sock"))
+        await agent.exec(["sh", "-c", "(sleep 0.3; poweroff) >/dev/null 2>&1 &"], timeout=20)
+    deadline = time.monotonic() + 60
+    while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "QEMU did not end"
+        await asyncio.sleep(0.1)
+    vm = await VM.adopt(tmp_path / vm_id, cgroup=cgroup_driver.open(cgroup.path), log_writer=CRILogWriter(log))
+    vms.append(vm)
+    status = vm.status
+    assert status.state == VMState.EXITED
+    assert "after a qmprt restart" in status.message
+    if how == "sigkill":
+        assert (status.exit_code, status.reason) == (255, "Error")
+    else:
+        assert (status.exit_code, status.reason) == (0, "Completed")
+    await asyncio.sleep(0.2)
+    assert not cgroup_driver.exists(cgroup.path)
