@@ -73,6 +73,15 @@ class CgroupLike(Protocol):
     def delete(self) -> None: ...
 
 
+@dataclass
+class StartTimings:
+    """Monotonic timestamps of one ``VM.start``: entered, QEMU exec'd (Popen returned), QMP up."""
+
+    begin: float = 0.0
+    spawned: float = 0.0
+    monitor_ready: float = 0.0
+
+
 class VMState(str, enum.Enum):
     """The emulator's life. Allowed transitions::
 
@@ -162,6 +171,7 @@ class VMStatus:
     shutdown_reason: str | None = None  # from QMP SHUTDOWN: guest-shutdown, host-qmp-quit, …
     shutdown_by_guest: bool = False
     panicked: bool = False
+    paused: bool = False  # QMP STOP seen (an operator's "stop" on the qmp-shell monitor, say)
     stop_requested: bool = False
     shutdown_step: int = ShutdownStep.NONE
 
@@ -315,6 +325,7 @@ class VM:
         self._exit_callbacks: list[Callable[[VM], None]] = []
         self._console_waiters: list[tuple[bytes, asyncio.Future[None]]] = []
         self._console_tail = b""
+        self.timings = StartTimings()
         self.console = ConsolePump(self.console_raw, state_dir / "console.offset", log_writer, self._on_console)
 
     # -- paths ---------------------------------------------------------------------------------------
@@ -396,10 +407,12 @@ class VM:
         log_writer: CRILogWriter | None = None,
     ) -> VM:
         """Spawn QEMU for ``config`` and connect to it. On failure nothing is left running."""
+        begin = time.monotonic()
         state_path = state.ensure_private_dir(state_dir)
         run_path = state.ensure_private_dir(run_dir)
         status = state.StatusFile(state_path / "vm-status.json", VMStatus(), VMStatus.to_json, VMStatus.from_json)
         vm = cls(config, state_path, run_path, status, cgroup, log_writer)
+        vm.timings.begin = begin
         async with contextlib.AsyncExitStack() as undo:
             sockets = {
                 "qmp": _listening_socket(vm.qmp_socket),
@@ -438,6 +451,7 @@ class VM:
                 raise VMError(f"cannot run {argv[0]}: {err}") from err
             finally:
                 os.close(stderr_fd)
+            vm.timings.spawned = time.monotonic()
             undo.push_async_callback(vm._kill_unstarted)
             pid = vm._popen.pid
             try:
@@ -449,6 +463,7 @@ class VM:
             for sock in sockets.values():
                 sock.close()
             await vm._attach(first_start=True)
+            vm.timings.monitor_ready = time.monotonic()
             undo.pop_all()
         return vm
 
@@ -522,6 +537,9 @@ class VM:
             )
         elif event.name == "GUEST_PANICKED":
             self._status.update(lambda s: dataclasses.replace(s, panicked=True))
+        elif event.name in ("STOP", "RESUME"):
+            paused = event.name == "STOP"
+            self._status.update(lambda s: dataclasses.replace(s, paused=paused))
 
     def _on_pidfd(self) -> None:
         loop = asyncio.get_running_loop()

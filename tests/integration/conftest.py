@@ -19,6 +19,22 @@ from .guests import TinyGuest, tiny_guest
 TEST_CGROUP_ROOT = f"qmprt-test-{os.getpid()}"
 
 
+def _qmprt_netns() -> set[str]:
+    directory = Path("/var/run/netns")
+    return {entry.name for entry in directory.iterdir() if entry.name.startswith("qmprt-")} if directory.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole integration suite: no network namespace of ours and no QEMU of ours remain."""
+    before = _qmprt_netns()
+    yield
+    leaked = _qmprt_netns() - before
+    assert not leaked, f"network namespaces left behind: {sorted(leaked)}"
+    stray = _qemu_processes("guest=t")
+    assert not stray, f"QEMU processes left behind: {[p.pid for p in stray]}"
+
+
 @pytest.fixture(scope="session")
 def tiny() -> TinyGuest:
     return tiny_guest()

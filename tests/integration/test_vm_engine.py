@@ -201,3 +201,28 @@ async def test_vm_that_died_while_unsupervised_is_reported(tiny, tmp_path, run_d
         assert (status.exit_code, status.reason) == (0, "Completed")
     await asyncio.sleep(0.2)
     assert not cgroup_driver.exists(cgroup.path)
+
+
+async def test_operator_qmp_shell_is_seen_by_qmprt(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    """``qmprt qmp`` opens qmp-shell on the second monitor; qmprt's own monitor sees what it does."""
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-shell")
+
+    async def shell(commands: bytes) -> str:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("qmprt")), "qmp", "--state-dir", str(tmp_path), vm.vm_id[:-2],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(commands), 30)
+        assert process.returncode == 0, out
+        return out.decode()
+
+    assert '"status": "running"' in await shell(b"query-status\n")
+    await shell(b"stop\n")
+    await asyncio.sleep(0.3)
+    assert vm.status.paused
+    assert vm.monitor is not None and await vm.monitor.query_status() == "paused"
+    await shell(b"cont\n")
+    await asyncio.sleep(0.3)
+    assert not vm.status.paused
+    await vm.agent.ping()
+    assert await vm.stop(grace=30) == ShutdownStep.POWERDOWN

@@ -1,0 +1,132 @@
+"""Benchmark of the VM engine with the tiny guest: start latency split and QEMU's memory.
+
+For each boot mode (q35 from the QCOW2 disk, q35 and microvm by direct kernel boot) it starts the
+guest N times through ``qmprt.vm.VM.start`` and reports medians of:
+
+- prepare:  qmprt's own work before QEMU: overlay and seed ISO (what the pod layer does per container)
+- pre-exec: VM.start's work until QEMU is exec'd (sockets, argv, state files, cgroup, fork+exec)
+- boot:     from QEMU's exec to the guest's ready marker on the console (console pump polls every 20 ms)
+- total:    prepare + pre-exec + boot
+and QEMU's RSS once the guest is up (128 MiB guest). Output: a table, and JSON with --json FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from qmprt import cgroups  # noqa: E402
+from qmprt.cloudinit import SeedSpec  # noqa: E402
+from qmprt.vm import accel  # noqa: E402
+from qmprt.vm.machine import VM  # noqa: E402
+from tests.integration.guests import BOOT_MODES, tiny_guest, vm_config  # noqa: E402
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+async def one_boot(mode: str, index: int, work: Path, run_root: Path, driver: cgroups.CgroupDriver, accel_name: str) -> dict[str, float]:
+    guest = tiny_guest()
+    vm_id = f"bench-{mode}-{index}"
+    state_dir = work / vm_id
+    t0 = time.monotonic()
+    config = vm_config(guest, state_dir, vm_id, mode, SeedSpec(instance_id=vm_id, hostname=vm_id), memory_mib=128)
+    config = type(config)(**{**config.__dict__, "accel": accel_name})
+    prepared = time.monotonic()
+    cgroup = driver.create(f"qmprt-bench-{os.getpid()}/{vm_id}")
+    vm = await VM.start(config, state_dir, run_root / vm_id, cgroup=cgroup)
+    try:
+        await vm.wait_for_console(guest.ready_marker, 120)
+        ready = time.monotonic()
+        await asyncio.sleep(1.0)
+        assert vm.status.pid is not None
+        rss = psutil.Process(vm.status.pid).memory_info().rss
+    finally:
+        await vm.stop(grace=0)
+    return {
+        "prepare_ms": (prepared - t0) * 1000,
+        "pre_exec_ms": (vm.timings.spawned - vm.timings.begin) * 1000,
+        "boot_ms": (ready - vm.timings.spawned) * 1000,
+        "total_ms": (ready - t0) * 1000,
+        "rss_mib": rss / (1 << 20),
+    }
+
+
+async def run(runs: int, modes: list[str]) -> dict[str, object]:
+    choice = accel.detect()
+    driver = cgroups.detect()
+    work = Path(tempfile.mkdtemp(prefix="qmprt-bench-"))
+    run_root = Path(tempfile.mkdtemp(prefix="qb-", dir="/tmp"))
+    results: dict[str, object] = {}
+    try:
+        for mode in modes:
+            samples = [await one_boot(mode, i, work, run_root, driver, choice.accel) for i in range(runs)]
+            results[mode] = {
+                key: {"median": statistics.median(s[key] for s in samples), "p95": percentile([s[key] for s in samples], 0.95)}
+                for key in samples[0]
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(run_root, ignore_errors=True)
+        bench_root = f"qmprt-bench-{os.getpid()}"
+        if driver.exists(bench_root):
+            driver.open(bench_root).delete()
+    qemu_version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return {
+        "accelerator": choice.accel,
+        "accelerator_reason": choice.reason,
+        "qemu": qemu_version,
+        "machine": f"{platform.node()} {os.cpu_count()} CPUs {psutil.virtual_memory().total >> 30} GiB",
+        "runs": runs,
+        "modes": results,
+    }
+
+
+def table(report: dict[str, object]) -> str:
+    lines = [
+        f"engine benchmark: {report['accelerator']} ({report['accelerator_reason']}), {report['qemu']}, {report['machine']}",
+        f"medians over {report['runs']} boots of the tiny guest, 128 MiB, 1 vCPU",
+        f"{'mode':<16}{'prepare ms':>11}{'pre-exec ms':>12}{'boot ms':>9}{'total ms':>10}{'total p95':>10}{'QEMU RSS MiB':>13}",
+    ]
+    modes = report["modes"]
+    assert isinstance(modes, dict)
+    for mode, figures in modes.items():
+        lines.append(
+            f"{mode:<16}{figures['prepare_ms']['median']:>11.1f}{figures['pre_exec_ms']['median']:>12.1f}"
+            f"{figures['boot_ms']['median']:>9.0f}{figures['total_ms']['median']:>10.0f}"
+            f"{figures['total_ms']['p95']:>10.0f}{figures['rss_mib']['median']:>13.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--modes", default=",".join(BOOT_MODES))
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    report = asyncio.run(run(args.runs, args.modes.split(",")))
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
