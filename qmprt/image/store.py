@@ -1,0 +1,462 @@
+"""The image store: verified disk images by sha256 digest, and the names that point at them.
+
+Layout under ``root`` (``<state_dir>/images``, directories 0700)::
+
+    sha256/<hex>        the image, read-only (0444), named by the sha256 of its bytes
+    meta/<hex>.json     {version, digest, format, virtual_size, size_bytes, created_at_ns}, written once
+    names.json          {name: "sha256:<hex>"}
+    tmp/<random>.part   downloads and imports in progress
+
+Assumptions, and what keeps them true:
+
+- An image reaches ``sha256/`` only after every check of ``inspect`` passed on the very bytes that were
+  hashed: the file is downloaded into ``tmp/``, verified there (nothing else writes to it), then renamed
+  (same filesystem, atomic). Its metadata is written before the rename, so a stored image always has it.
+- A crash can leave files in ``tmp/``, a metadata file without its image, or an image without names.
+  ``collect_partials`` (called once at start) deletes the first two kinds; an image without names is
+  listed (kubelet's image GC removes it by digest), since a container may still use it.
+- Changes (publish, names, removal) are serialised by one lock, as ``import_file`` may run in a worker
+  thread while pulls publish on the event loop; each change takes milliseconds.
+- ``remove`` asks ``in_use(digest)`` under that lock; the pod layer must not create a container on an
+  image between that answer and the deletion (it serialises container creation against removal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from qmprt.errors import AlreadyExists, FailedPrecondition, InternalError, InvalidArgument, NotFound, Unavailable
+from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, fetch
+from qmprt.image.fsinfo import mount_point_of, tree_usage
+from qmprt.image.inspect import ImageInfo, inspect_image, inspect_image_async
+from qmprt.image.names import NamesIndex
+from qmprt.image.overlay import ImageFormat
+from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
+from qmprt.image.rules import ImageConfig, RuleSet, Transport
+from qmprt.state import ensure_private_dir, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+META_VERSION = 1
+MIN_PREFIX = 3
+FETCH_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    digest: str  # "sha256:<64 hex>" of the stored file's bytes
+    path: str  # <root>/sha256/<hex>, read-only
+    format: ImageFormat  # verified with qemu-img; pass it to QEMU, never let QEMU probe
+    size_bytes: int
+    virtual_size: int
+    names: tuple[str, ...]  # sorted; empty for an image whose names were all moved elsewhere
+    created_at_ns: int
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    mountpoint: str  # mount point of the filesystem that holds the store
+    used_bytes: int  # allocated by the store's files
+    inodes_used: int  # files and directories of the store
+    timestamp_ns: int
+
+
+class Images(Protocol):
+    """What the layers above need from the store; tests of those layers may use a fake of it."""
+
+    async def pull(
+        self, name: str, auth: PullAuth | None = None, progress: Progress | None = None
+    ) -> ImageRecord: ...
+
+    def resolve(self, ref: str) -> ImageRecord | None: ...
+
+    def list(self) -> list[ImageRecord]: ...
+
+    def remove(self, ref: str, in_use: Callable[[str], bool]) -> None: ...
+
+    def fs_usage(self) -> FsUsage: ...
+
+
+@dataclass(frozen=True)
+class _Meta:
+    format: ImageFormat
+    virtual_size: int
+    size_bytes: int
+    created_at_ns: int
+
+    def document(self, digest: str) -> dict[str, Any]:
+        return {
+            "version": META_VERSION,
+            "digest": digest,
+            "format": self.format,
+            "virtual_size": self.virtual_size,
+            "size_bytes": self.size_bytes,
+            "created_at_ns": self.created_at_ns,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> _Meta:
+        document = read_json(path)
+        try:
+            image_format = document["format"]
+            if image_format not in ("qcow2", "raw"):
+                raise ValueError(f"format {image_format!r}")
+            return cls(
+                image_format, int(document["virtual_size"]), int(document["size_bytes"]), int(document["created_at_ns"])
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InternalError(f"{path} is not valid image metadata: {err}") from err
+
+
+@dataclass(frozen=True)
+class _Verified:
+    temp_path: Path
+    fetched: Fetched
+    info: ImageInfo
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One download shared by every concurrent pull of the same URL (and pin)."""
+
+    key: tuple[str, str | None]
+    task: asyncio.Task[_Verified] | None = None
+    temp_path: Path | None = None
+    waiters: int = 0
+    listeners: list[Progress] = field(default_factory=list)
+
+    def emit(self, done: int, total: int | None) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(done, total)
+            except Exception:
+                log.exception("an image pull progress callback failed")
+
+
+class ImageStore:
+    def __init__(self, root: str | os.PathLike[str], config: ImageConfig) -> None:
+        self.root = ensure_private_dir(root)
+        self.config = config
+        self._blobs = ensure_private_dir(self.root / "sha256")
+        self._meta_dir = ensure_private_dir(self.root / "meta")
+        self._tmp = ensure_private_dir(self.root / "tmp")
+        self._rules = RuleSet(config)
+        self._lock = threading.RLock()
+        self._images: dict[str, _Meta] = {}
+        for blob in self._blobs.iterdir():
+            meta_path = self._meta_path(blob.name)
+            if not meta_path.exists():
+                continue  # an image whose verification is unknown: collect_partials deletes it
+            try:
+                self._images[blob.name] = _Meta.load(meta_path)
+            except (InternalError, NotFound) as err:
+                log.error("image %s is ignored: %s", blob.name, err)
+        self._names = NamesIndex(self.root / "names.json", stored=self._images)
+        self._flights: dict[tuple[str, str | None], _Flight] = {}
+        self._active_temps: set[Path] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def _blob_path(self, hexdigest: str) -> Path:
+        return self._blobs / hexdigest
+
+    def _meta_path(self, hexdigest: str) -> Path:
+        return self._meta_dir / f"{hexdigest}.json"
+
+    def _new_temp(self) -> Path:
+        path = self._tmp / f"{secrets.token_hex(8)}.part"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        with self._lock:
+            self._active_temps.add(path)
+        return path
+
+    def _discard_temp(self, path: Path | None) -> None:
+        if path is None:
+            return
+        path.unlink(missing_ok=True)
+        with self._lock:
+            self._active_temps.discard(path)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def _record(self, hexdigest: str) -> ImageRecord:
+        meta = self._images[hexdigest]
+        digest = f"sha256:{hexdigest}"
+        return ImageRecord(
+            digest=digest,
+            path=str(self._blob_path(hexdigest)),
+            format=meta.format,
+            size_bytes=meta.size_bytes,
+            virtual_size=meta.virtual_size,
+            names=self._names.names_for(digest),
+            created_at_ns=meta.created_at_ns,
+        )
+
+    def _registered_name(self, ref: str) -> str | None:
+        if self._names.get(ref) is not None:
+            return ref
+        try:
+            name = parse_reference(ref).name
+        except InvalidArgument:
+            return None
+        return name if self._names.get(name) is not None else None
+
+    def _lookup(self, ref: str) -> str | None:
+        """The digest ``ref`` designates: a name, a digest, ``name@digest``, or a unique digest prefix."""
+        name = self._registered_name(ref)
+        if name is not None:
+            return self._names.get(name)
+        if is_digest(ref):
+            return ref if digest_hex(ref) in self._images else None
+        try:
+            reference: ImageReference | None = parse_reference(ref)
+        except InvalidArgument:
+            reference = None
+        if reference is not None and reference.digest is not None:
+            return reference.digest if digest_hex(reference.digest) in self._images else None
+        prefix = ref.removeprefix("sha256:")
+        if MIN_PREFIX <= len(prefix) <= 64 and all(ch in "0123456789abcdef" for ch in prefix):
+            matches = [hexdigest for hexdigest in self._images if hexdigest.startswith(prefix)]
+            if len(matches) > 1:
+                raise InvalidArgument(f"{ref!r} is a prefix of {len(matches)} image digests; give more of it")
+            if matches:
+                return f"sha256:{matches[0]}"
+        return None
+
+    def resolve(self, ref: str) -> ImageRecord | None:
+        """The image ``ref`` names, or None; InvalidArgument when ``ref`` is an ambiguous prefix."""
+        with self._lock:
+            digest = self._lookup(ref)
+            return self._record(digest_hex(digest)) if digest is not None else None
+
+    def list(self) -> list[ImageRecord]:
+        with self._lock:
+            records = [self._record(hexdigest) for hexdigest in self._images]
+        return sorted(records, key=lambda record: (record.created_at_ns, record.digest))
+
+    def fs_usage(self) -> FsUsage:
+        usage = tree_usage(self.root)
+        return FsUsage(mount_point_of(self.root), usage.used_bytes, usage.inodes_used, time.time_ns())
+
+    # -- changes -----------------------------------------------------------------------------------
+
+    def _publish(self, verified: _Verified, name: str) -> ImageRecord:
+        """Move a verified image into the store (unless it is there already) and point ``name`` at it."""
+        digest = verified.fetched.digest
+        hexdigest = digest_hex(digest)
+        with self._lock:
+            if hexdigest not in self._images:
+                meta = _Meta(verified.info.format, verified.info.virtual_size, verified.fetched.size, time.time_ns())
+                meta_path = self._meta_path(hexdigest)
+                try:
+                    write_json_atomic(meta_path, meta.document(digest), exclusive=True)
+                except AlreadyExists:
+                    meta = _Meta.load(meta_path)  # left by a publish that a crash interrupted
+                try:
+                    os.chmod(verified.temp_path, 0o444)
+                    os.rename(verified.temp_path, self._blob_path(hexdigest))
+                except FileNotFoundError as err:
+                    raise Unavailable(f"image {digest} was removed while it was being pulled; pull it again") from err
+                _fsync_directory(self._blobs)
+                self._images[hexdigest] = meta
+                log.info("stored image %s (%s, virtual size %d)", digest, meta.format, meta.virtual_size)
+            previous = self._names.get(name)
+            self._names.set(name, digest)
+            if previous is not None and previous != digest:
+                log.info("image name %s moved from %s to %s", name, previous, digest)
+            return self._record(hexdigest)
+
+    def _delete(self, hexdigest: str) -> None:
+        self._blob_path(hexdigest).unlink(missing_ok=True)
+        self._meta_path(hexdigest).unlink(missing_ok=True)
+        self._images.pop(hexdigest, None)
+        log.info("removed image sha256:%s", hexdigest)
+
+    def remove(self, ref: str, in_use: Callable[[str], bool]) -> None:
+        """Remove a name (and the image with its last name), or an image by digest with all its names.
+
+        Unknown references are not an error; an image in use is (FailedPrecondition).
+        """
+        with self._lock:
+            name = self._registered_name(ref)
+            if name is not None:
+                digest = self._names.get(name)
+                assert digest is not None
+                if in_use(digest):
+                    raise FailedPrecondition(f"image {name} ({digest}) is used by a container")
+                self._names.remove_name(name)
+                if not self._names.names_for(digest):
+                    self._delete(digest_hex(digest))
+                return
+            found = self._lookup(ref)
+            if found is None:
+                return
+            if in_use(found):
+                raise FailedPrecondition(f"image {found} is used by a container")
+            self._names.remove_digest(found)
+            self._delete(digest_hex(found))
+
+    def import_file(self, path: str | os.PathLike[str], name: str) -> ImageRecord:
+        """Copy a local file into the store under ``name``, with every check a pull has. Blocking."""
+        reference = parse_reference(name)
+        temp = self._new_temp()
+        try:
+            fetched = copy_local(path, temp, limit=self.config.download_limit, label=f"import of {path}")
+            _check_pin(reference, fetched)
+            info = inspect_image(
+                temp, self.config.max_virtual_size_bytes, self.config.qemu_img, self.config.qemu_img_timeout_s
+            )
+            return self._publish(_Verified(temp, fetched, info), reference.name)
+        finally:
+            self._discard_temp(temp)
+
+    async def pull(
+        self, name: str, auth: PullAuth | None = None, progress: Progress | None = None
+    ) -> ImageRecord:
+        """Download, verify and store ``name``; concurrent pulls of one URL share one download.
+
+        Cancelling the pull (a client's deadline) stops the download and deletes what it wrote, unless
+        another pull still waits for the same download.
+        """
+        reference = parse_reference(name)
+        if reference.digest is not None:
+            with self._lock:
+                if digest_hex(reference.digest) in self._images:
+                    # Pinned content already here: nothing to download.
+                    return self._publish_name(reference.name, reference.digest)
+        url, transport = self._rules.translate(reference)
+        authorization = auth.header() if auth is not None else None
+        key = (url, reference.digest)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = _Flight(key)
+            flight.task = asyncio.create_task(self._fetch_and_verify(flight, url, transport, reference, authorization))
+            self._flights[key] = flight
+        else:
+            log.info("pull of %s joins the download of %s in progress", reference.name, url)
+        assert flight.task is not None
+        flight.waiters += 1
+        if progress is not None:
+            flight.listeners.append(progress)
+        try:
+            verified = await asyncio.shield(flight.task)
+            return self._publish(verified, reference.name)
+        finally:
+            if progress is not None:
+                flight.listeners.remove(progress)
+            flight.waiters -= 1
+            if flight.waiters == 0:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+                if not flight.task.done():
+                    flight.task.cancel()
+                    await asyncio.wait({flight.task})
+                self._discard_temp(flight.temp_path)
+
+    def _publish_name(self, name: str, digest: str) -> ImageRecord:
+        with self._lock:
+            self._names.set(name, digest)
+            return self._record(digest_hex(digest))
+
+    async def _fetch_and_verify(
+        self,
+        flight: _Flight,
+        url: str,
+        transport: Transport,
+        reference: ImageReference,
+        authorization: str | None,
+    ) -> _Verified:
+        temp = self._new_temp()
+        flight.temp_path = temp
+        try:
+            label = reference.name if reference.name == url else f"{reference.name} from {url}"
+            log.info("pulling %s", label)
+            fetched = await fetch(
+                url,
+                temp,
+                transport,
+                authorization=authorization,
+                progress=flight.emit,
+                limit=self.config.download_limit,
+                file_roots=self.config.file_roots,
+                label=label,
+                executor=self._fetch_executor(),
+            )
+            _check_pin(reference, fetched)
+            info = await inspect_image_async(
+                temp, self.config.max_virtual_size_bytes, self.config.qemu_img, self.config.qemu_img_timeout_s
+            )
+            return _Verified(temp, fetched, info)
+        except BaseException as err:
+            self._discard_temp(temp)
+            if isinstance(err, asyncio.CancelledError):
+                log.info("pull of %s cancelled; partial download deleted", reference.name)
+            raise
+
+    def _fetch_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="qmprt-image-fetch")
+        return self._executor
+
+    def close(self) -> None:
+        """Let the download threads go (downloads in progress are cancelled by their pulls)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def collect_partials(self) -> int:
+        """Delete what interrupted work left: temp downloads, metadata without image, image without
+        metadata (never verified to completion), stale index temp files. Returns how many."""
+        removed = 0
+        with self._lock:
+            for entry in self._tmp.iterdir():
+                if entry in self._active_temps:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed += 1
+            for directory in (self.root, self._meta_dir):
+                for stale in directory.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
+                    removed += 1
+            for meta_path in self._meta_dir.glob("*.json"):
+                if not self._blob_path(meta_path.stem).exists():
+                    meta_path.unlink(missing_ok=True)
+                    removed += 1
+            for blob in self._blobs.iterdir():
+                if blob.name not in self._images:
+                    blob.unlink(missing_ok=True)
+                    self._meta_path(blob.name).unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("removed %d leftovers of interrupted pulls from %s", removed, self.root)
+        return removed
+
+
+def _check_pin(reference: ImageReference, fetched: Fetched) -> None:
+    if reference.digest is not None and fetched.digest != reference.digest:
+        raise InvalidArgument(
+            f"image {reference.original!r}: the content's digest is {fetched.digest}, not the pinned {reference.digest}"
+        )
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
