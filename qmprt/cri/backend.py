@@ -1,0 +1,138 @@
+"""What the CRI layer needs from the layers below it, as Protocols.
+
+The servicers are written against these, not against ``qmprt.pod.runtime.Runtime`` itself, so the
+unit tests can drive the real gRPC server over a fake runtime (``tests/unit/cri/fake.py``) and the
+real ``Runtime`` satisfies them structurally. The members are exactly the ones the servicers call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from qmprt.config import Config
+from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.pod.types import (
+    ContainerInfo,
+    ContainerStatsInfo,
+    RuntimeHealth,
+    SandboxInfo,
+    SandboxStatsInfo,
+)
+from qmprt.vm.agent import ExecResult
+
+
+class ImageRecordView(Protocol):
+    """One stored image (``qmprt.image``'s ``ImageRecord``)."""
+
+    @property
+    def digest(self) -> str: ...  # "sha256:…"
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+class FsUsageView(Protocol):
+    """Usage of the filesystem that holds the image store."""
+
+    @property
+    def mountpoint(self) -> str: ...
+
+    @property
+    def used_bytes(self) -> int: ...
+
+    @property
+    def inodes_used(self) -> int: ...
+
+    @property
+    def timestamp_ns(self) -> int: ...
+
+
+class ImageBackend(Protocol):
+    async def pull(self, name: str, auth: Any, progress: Any = None) -> ImageRecordView: ...
+
+    def resolve(self, ref: str) -> ImageRecordView | None: ...
+
+    def list(self) -> Sequence[ImageRecordView]: ...
+
+    def remove(self, ref: str, in_use: Callable[[str], bool]) -> None: ...
+
+    def fs_usage(self) -> FsUsageView: ...
+
+
+class RuntimeBackend(Protocol):
+    """The pod layer's ``Runtime``, as far as the CRI servicers use it."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def images(self) -> ImageBackend: ...
+
+    async def close(self) -> None: ...
+
+    def health(self) -> RuntimeHealth: ...
+
+    def cgroup_driver_name(self) -> str: ...
+
+    def update_runtime_config(self, pod_cidr: str) -> None: ...
+
+    async def run_sandbox(self, spec: SandboxSpec) -> str: ...
+
+    async def stop_sandbox(self, sandbox_id: str) -> None: ...
+
+    async def remove_sandbox(self, sandbox_id: str) -> None: ...
+
+    def sandbox(self, sandbox_id: str) -> SandboxInfo: ...
+
+    def list_sandboxes(
+        self, *, id: str = "", state: SandboxState | None = None, labels: Mapping[str, str] = ...
+    ) -> list[SandboxInfo]: ...
+
+    async def create_container(self, sandbox_id: str, spec: ContainerSpec) -> str: ...
+
+    async def start_container(self, container_id: str) -> None: ...
+
+    async def stop_container(self, container_id: str, timeout_s: int) -> None: ...
+
+    async def remove_container(self, container_id: str) -> None: ...
+
+    def container(self, container_id: str) -> ContainerInfo: ...
+
+    def list_containers(
+        self,
+        *,
+        id: str = "",
+        state: ContainerState | None = None,
+        sandbox_id: str = "",
+        labels: Mapping[str, str] = ...,
+    ) -> list[ContainerInfo]: ...
+
+    async def exec_sync(self, container_id: str, argv: Sequence[str], timeout_s: int) -> ExecResult: ...
+
+    async def reopen_log(self, container_id: str) -> None: ...
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None: ...
+
+    def container_stats(self, container_id: str) -> ContainerStatsInfo: ...
+
+    def list_container_stats(
+        self, *, id: str = "", sandbox_id: str = "", labels: Mapping[str, str] = ...
+    ) -> list[ContainerStatsInfo]: ...
+
+    def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo: ...
+
+    def list_sandbox_stats(self, *, id: str = "", labels: Mapping[str, str] = ...) -> list[SandboxStatsInfo]: ...
+
+    def image_in_use(self, digest: str) -> bool: ...
+
+
+class Handlers:
+    """Base of the per-area servicer mixins that ``server.RuntimeService`` combines."""
+
+    def __init__(self, runtime: RuntimeBackend) -> None:
+        self.runtime = runtime
