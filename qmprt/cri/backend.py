@@ -1,16 +1,18 @@
 """What the CRI layer needs from the layers below it, as Protocols.
 
-The servicers are written against these, not against ``qmprt.pod.runtime.Runtime`` itself, so the
-unit tests can drive the real gRPC server over a fake runtime (``tests/unit/cri/fake.py``) and the
-real ``Runtime`` satisfies them structurally. The members are exactly the ones the servicers call.
+The servicers are written against ``RuntimeBackend``, not against ``qmprt.pod.runtime.Runtime``
+itself, so the unit tests drive the real gRPC server over a fake runtime (``tests/unit/cri/fake.py``)
+while the real ``Runtime`` satisfies it structurally (mypy checks that where ``serve`` opens it). The
+image store is reached through its own Protocol, ``qmprt.image.Images``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from qmprt.config import Config
+from qmprt.image import Images
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.types import (
@@ -23,47 +25,6 @@ from qmprt.pod.types import (
 from qmprt.vm.agent import ExecResult
 
 
-class ImageRecordView(Protocol):
-    """One stored image (``qmprt.image``'s ``ImageRecord``)."""
-
-    @property
-    def digest(self) -> str: ...  # "sha256:…"
-
-    @property
-    def names(self) -> tuple[str, ...]: ...
-
-    @property
-    def size_bytes(self) -> int: ...
-
-
-class FsUsageView(Protocol):
-    """Usage of the filesystem that holds the image store."""
-
-    @property
-    def mountpoint(self) -> str: ...
-
-    @property
-    def used_bytes(self) -> int: ...
-
-    @property
-    def inodes_used(self) -> int: ...
-
-    @property
-    def timestamp_ns(self) -> int: ...
-
-
-class ImageBackend(Protocol):
-    async def pull(self, name: str, auth: Any, progress: Any = None) -> ImageRecordView: ...
-
-    def resolve(self, ref: str) -> ImageRecordView | None: ...
-
-    def list(self) -> Sequence[ImageRecordView]: ...
-
-    def remove(self, ref: str, in_use: Callable[[str], bool]) -> None: ...
-
-    def fs_usage(self) -> FsUsageView: ...
-
-
 class RuntimeBackend(Protocol):
     """The pod layer's ``Runtime``, as far as the CRI servicers use it."""
 
@@ -71,7 +32,7 @@ class RuntimeBackend(Protocol):
     def config(self) -> Config: ...
 
     @property
-    def images(self) -> ImageBackend: ...
+    def images(self) -> Images: ...
 
     async def close(self) -> None: ...
 

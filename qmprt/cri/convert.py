@@ -15,8 +15,8 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.cri.backend import ImageRecordView
 from qmprt.errors import InvalidArgument
+from qmprt.image import ImageRecord
 from qmprt.pod.model import (
     ContainerMetadata,
     ContainerSpec,
@@ -363,7 +363,7 @@ def pod_sandbox_stats(info: SandboxStatsInfo) -> cri.PodSandboxStats:
     )
 
 
-def image(record: ImageRecordView) -> cri.Image:
+def image(record: ImageRecord) -> cri.Image:
     repo_digests: list[str] = []
     for name in record.names:
         repo_digest = f"{_repository(name)}@{record.digest}"

@@ -14,7 +14,7 @@ from cri_api.v1 import api_pb2 as cri
 from qmprt.cri import convert
 from qmprt.cri.backend import Handlers
 from qmprt.errors import InvalidArgument
-from qmprt.image.fetch import PullAuth
+from qmprt.image import PullAuth
 
 
 class ImageHandlers(Handlers):

@@ -14,12 +14,12 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from qmprt.image import FsUsage, ImageRecord
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.types import (
@@ -34,41 +34,22 @@ from qmprt.pod.types import (
 from qmprt.vm.agent import ExecResult
 
 
-@dataclass(frozen=True)
-class FakeImage:
-    digest: str
-    path: str
-    format: str
-    size_bytes: int
-    virtual_size: int
-    names: tuple[str, ...]
-    created_at_ns: int
-
-
-@dataclass(frozen=True)
-class FakeFsUsage:
-    mountpoint: str
-    used_bytes: int
-    inodes_used: int
-    timestamp_ns: int
-
-
-class FakeImageStore:
+class ImageRecordStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.records: dict[str, FakeImage] = {}
+        self.records: dict[str, ImageRecord] = {}
         self.pull_delay = 0.0
         self.pulls_cancelled = 0
 
-    def add(self, name: str, size: int = 1 << 20) -> FakeImage:
+    def add(self, name: str, size: int = 1 << 20) -> ImageRecord:
         digest = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
         existing = self.records.get(digest)
         names = tuple(dict.fromkeys((*(existing.names if existing else ()), name)))
-        record = FakeImage(digest, str(self.root / digest), "qcow2", size, size * 4, names, time.time_ns())
+        record = ImageRecord(digest, str(self.root / digest), "qcow2", size, size * 4, names, time.time_ns())
         self.records[digest] = record
         return record
 
-    async def pull(self, name: str, auth: Any, progress: Any = None) -> FakeImage:
+    async def pull(self, name: str, auth: Any, progress: Any = None) -> ImageRecord:
         if name.startswith("missing"):
             raise NotFound(f"image {name!r}: the server answered 404")
         try:
@@ -79,13 +60,13 @@ class FakeImageStore:
         self.last_auth = auth
         return self.add(name)
 
-    def resolve(self, ref: str) -> FakeImage | None:
+    def resolve(self, ref: str) -> ImageRecord | None:
         for record in self.records.values():
             if ref in record.names or ref == record.digest:
                 return record
         return None
 
-    def list(self) -> list[FakeImage]:
+    def list(self) -> list[ImageRecord]:
         return list(self.records.values())
 
     def remove(self, ref: str, in_use: Callable[[str], bool]) -> None:
@@ -96,15 +77,15 @@ class FakeImageStore:
             raise FailedPrecondition(f"image {ref} is used by a container")
         del self.records[record.digest]
 
-    def fs_usage(self) -> FakeFsUsage:
+    def fs_usage(self) -> FsUsage:
         used = sum(record.size_bytes for record in self.records.values())
-        return FakeFsUsage(str(self.root), used, len(self.records) + 1, time.time_ns())
+        return FsUsage(str(self.root), used, len(self.records) + 1, time.time_ns())
 
 
 class FakeRuntime:
     def __init__(self, config: Config, root: Path) -> None:
         self.config = config
-        self.images = FakeImageStore(root / "images")
+        self.images = ImageRecordStore(root / "images")
         self.root = root
         self.sandboxes: dict[str, SandboxInfo] = {}
         self.containers: dict[str, ContainerInfo] = {}
