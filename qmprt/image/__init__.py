@@ -15,11 +15,12 @@ from qmprt.image.rules import (
     Translation,
     TranslationRule,
     Transport,
+    image_config_from_table,
     parse_rules_file,
     rules_from_document,
     translate,
 )
-from qmprt.image.store import FsUsage, ImageRecord, Images, ImageStore
+from qmprt.image.store import FsUsage, ImageRecord, Images, ImageStore, open_store
 
 __all__ = [
     "FsUsage",
@@ -38,7 +39,9 @@ __all__ = [
     "create_overlay",
     "create_overlay_async",
     "inspect_image",
+    "image_config_from_table",
     "normalise_name",
+    "open_store",
     "parse_reference",
     "parse_rules_file",
     "remove_overlay",

@@ -290,6 +290,56 @@ def rules_from_document(document: dict[str, Any], source: str) -> tuple[Translat
     return tuple(rules)
 
 
+_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
+    "rules_dir": (str,),
+    "max_virtual_size_bytes": (int,),
+    "default_scheme": (str,),
+    "file_roots": (list,),
+    "max_download_bytes": (int,),
+    "qemu_img": (str,),
+    "qemu_img_timeout_s": (int, float),
+}
+
+
+def image_config_from_table(table: dict[str, Any], where: str = "[image]") -> ImageConfig:
+    """An ImageConfig from the ``[image]`` table of qmprt's config file::
+
+        [image]
+        rules_dir = "/etc/qmprt/image-rules.d"
+        max_virtual_size_bytes = 274877906944
+        file_roots = ["/srv/images"]
+        [image.transport]            # the default transport: default mapping and URL names
+        ca_file = "/etc/ssl/certs/ca-certificates.crt"
+        [[image.rule]]
+        regexp = '...'
+        url = "..."
+    """
+    unknown = sorted(set(table) - set(_CONFIG_KEYS) - {"rule", "transport"})
+    if unknown:
+        raise InvalidArgument(f"{where} has unknown keys: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, types in _CONFIG_KEYS.items():
+        if key not in table:
+            continue
+        value: Any = table[key]
+        if isinstance(value, bool) or not any(isinstance(value, kind) for kind in types):
+            raise InvalidArgument(f"{where} {key} has the wrong type ({value!r})")
+        if key == "file_roots":
+            if not all(isinstance(root, str) for root in value):
+                raise InvalidArgument(f"{where} file_roots must be a list of paths")
+            value = tuple(value)
+        values[key] = float(value) if key == "qemu_img_timeout_s" else value
+    transport_table = table.get("transport", {})
+    if not isinstance(transport_table, dict):
+        raise InvalidArgument(f"{where} transport must be a table")
+    extra = sorted(set(transport_table) - _TRANSPORT_KEYS)
+    if extra:
+        raise InvalidArgument(f"{where} transport has unknown keys: {', '.join(extra)}")
+    values["default_transport"] = transport_from_table(transport_table, f"{where} transport")
+    values["rules"] = rules_from_document({"rule": table.get("rule", [])}, where)
+    return ImageConfig(**values)
+
+
 def parse_rules_file(path: str | os.PathLike[str]) -> tuple[TranslationRule, ...]:
     try:
         document = tomllib.loads(Path(path).read_text())

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InternalError, InvalidArgument, NotFound, Unavailable
 from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, fetch
 from qmprt.image.fsinfo import mount_point_of, tree_usage
@@ -57,7 +58,7 @@ FETCH_WORKERS = 4
 class ImageRecord:
     digest: str  # "sha256:<64 hex>" of the stored file's bytes
     path: str  # <root>/sha256/<hex>, read-only
-    format: ImageFormat  # verified with qemu-img; pass it to QEMU, never let QEMU probe
+    format: str  # "qcow2" | "raw", verified with qemu-img; pass it to QEMU, never let QEMU probe
     size_bytes: int
     virtual_size: int
     names: tuple[str, ...]  # sorted; empty for an image whose names were all moved elsewhere
@@ -445,6 +446,20 @@ class ImageStore:
         if removed:
             log.info("removed %d leftovers of interrupted pulls from %s", removed, self.root)
         return removed
+
+
+def open_store(config: Config, image_config: ImageConfig | None = None) -> ImageStore:
+    """The store under ``<state_dir>/images``, with the leftovers of interrupted pulls collected.
+
+    ``image_config`` defaults to ``config.image`` when the configuration has that table, else to
+    ``ImageConfig()``.
+    """
+    if image_config is None:
+        configured = getattr(config, "image", None)
+        image_config = configured if isinstance(configured, ImageConfig) else ImageConfig()
+    store = ImageStore(Path(config.runtime.state_dir) / "images", image_config)
+    store.collect_partials()
+    return store
 
 
 def _check_pin(reference: ImageReference, fetched: Fetched) -> None:

@@ -126,3 +126,15 @@ def test_overlay_growth_never_shrinks(tmp_path: Path) -> None:
         _overlay_argv(tmp_path / "absent", "qcow2", tmp_path / "o.qcow2", None, "qemu-img", None)
     with pytest.raises(InvalidArgument, match="qcow2 or raw"):
         _overlay_argv(base, "vmdk", tmp_path / "o.qcow2", None, "qemu-img", None)  # type: ignore[arg-type]
+
+
+def test_open_store_under_the_state_dir_collects_leftovers(tmp_path: Path) -> None:
+    from qmprt import config as config_module
+    from qmprt.image import ImageStore, open_store
+
+    config = config_module.load(state_dir=str(tmp_path / "state"))
+    first = open_store(config)
+    assert isinstance(first, ImageStore) and first.root == tmp_path / "state" / "images"
+    (first.root / "tmp" / "left.part").write_bytes(b"x")
+    second = open_store(config)
+    assert list((second.root / "tmp").iterdir()) == [] and second.list() == []

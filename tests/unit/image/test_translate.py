@@ -291,3 +291,34 @@ def test_transport_validation() -> None:
         Transport(max_redirects=-1)
     with pytest.raises(InvalidArgument):
         Transport(client_key="/k.pem")
+
+
+def test_image_config_from_the_config_table() -> None:
+    import tomllib
+
+    from qmprt.image.rules import image_config_from_table
+
+    document = tomllib.loads(
+        """
+[image]
+rules_dir = "/etc/qmprt/image-rules.d"
+max_virtual_size_bytes = 1073741824
+file_roots = ["/srv/images"]
+qemu_img_timeout_s = 30
+[image.transport]
+ca_file = "/etc/ssl/ca.pem"
+[[image.rule]]
+name = "tiny"
+url = "file:///srv/images/tiny.qcow2"
+"""
+    )
+    config = image_config_from_table(document["image"])
+    assert config.rules_dir == "/etc/qmprt/image-rules.d" and config.max_virtual_size_bytes == 1 << 30
+    assert config.file_roots == ("/srv/images",) and config.qemu_img_timeout_s == 30.0
+    assert config.default_transport == Transport(ca_file="/etc/ssl/ca.pem")
+    assert translate("tiny", config).url == "file:///srv/images/tiny.qcow2"
+    assert image_config_from_table({}) == ImageConfig()
+    for bad in ({"colour": 1}, {"max_virtual_size_bytes": "big"}, {"file_roots": "/srv"}, {"file_roots": [1]},
+                {"transport": {"colour": 1}}, {"rule": [{"name": "x"}]}, {"max_virtual_size_bytes": True}):
+        with pytest.raises(InvalidArgument):
+            image_config_from_table(bad)  # type: ignore[arg-type]
