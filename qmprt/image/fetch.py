@@ -119,8 +119,10 @@ class Abort:
 
     @staticmethod
     def _shutdown(sock: socket.socket) -> None:
+        # The plain socket's shutdown, also for an SSLSocket: SSLSocket.shutdown would drop the SSL
+        # object under the thread that is reading through it.
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
 

@@ -295,6 +295,11 @@ async def test_default_mapping_over_https(tmp_path: Path, tls_server: tuple[Imag
     image_store = ImageStore(tmp_path / "images", trusting)
     record = await image_store.pull(name)
     assert_stored(record, images / "good.qcow2", "qcow2")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(image_store.pull(f"127.0.0.1:{port}/stall/good.raw"), 0.3)
+    assert time.monotonic() - started < 1.5, "a TLS read blocked on a silent server was not woken"
+    assert list((image_store.root / "tmp").iterdir()) == []
     untrusting = ImageStore(tmp_path / "untrusting", ImageConfig(default_transport=DIRECT))
     with pytest.raises(Unavailable, match="TLS verification failed"):
         await untrusting.pull(name)

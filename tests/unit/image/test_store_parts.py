@@ -138,3 +138,34 @@ def test_open_store_under_the_state_dir_collects_leftovers(tmp_path: Path) -> No
     (first.root / "tmp" / "left.part").write_bytes(b"x")
     second = open_store(config)
     assert list((second.root / "tmp").iterdir()) == [] and second.list() == []
+
+
+def _redirect(old_url: str, new_url: str, authorization: str | None = "Basic abc") -> object:
+    import email.message
+    import io
+    import urllib.request
+
+    from qmprt.image.fetch import _RedirectHandler
+
+    request = urllib.request.Request(old_url)
+    if authorization:
+        request.add_unredirected_header("Authorization", authorization)
+    handler = _RedirectHandler(5, authorization)
+    return handler.redirect_request(request, io.BytesIO(), 302, "Found", email.message.Message(), new_url)  # type: ignore[arg-type]
+
+
+def test_redirects_keep_credentials_only_on_the_same_origin() -> None:
+    same = _redirect("https://h.example/a", "https://h.example/b")
+    assert same.get_header("Authorization") == "Basic abc"  # type: ignore[attr-defined]
+    other = _redirect("https://h.example/a", "https://cdn.example/b")
+    assert other.get_header("Authorization") is None  # type: ignore[attr-defined]
+    other_port = _redirect("http://h.example/a", "http://h.example:8080/b")
+    assert other_port.get_header("Authorization") is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "target", ["http://h.example/b", "file:///etc/passwd", "ftp://h.example/b"], ids=["downgrade", "file", "ftp"]
+)
+def test_redirects_refused(target: str) -> None:
+    with pytest.raises(InvalidArgument):
+        _redirect("https://h.example/a", target)
