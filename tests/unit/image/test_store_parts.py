@@ -145,7 +145,7 @@ def _redirect(old_url: str, new_url: str, authorization: str | None = "Basic abc
     import io
     import urllib.request
 
-    from qmprt.image.fetch import _RedirectHandler
+    from qmprt.image.httpclient import _RedirectHandler
 
     request = urllib.request.Request(old_url)
     if authorization:
