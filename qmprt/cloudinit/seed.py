@@ -1,0 +1,322 @@
+"""What a container's NoCloud seed says, and its three files rendered from it.
+
+The seed carries the container's hostname, environment, command, extra files and network settings.
+Every file is rendered in the canonical form that both real cloud-init and the tiny guest's init
+(``images/tiny/rcS``) apply the same way; see ``images/README.md`` for the guest side.
+
+- ``meta-data``: ``instance-id`` and ``local-hostname``.
+- ``user-data``: ``#cloud-config`` with ``hostname``, ``write_files`` (always base64) and ``runcmd``.
+  The environment is written to ``/etc/cloud/environment`` as ``KEY='value'`` lines; the command is
+  written to ``/var/lib/qmprt/command.sh``, which sources the environment and ``exec``s the argv, and
+  ``runcmd`` runs that script. A dotted hostname also goes in as ``fqdn`` with
+  ``prefer_fqdn_over_hostname`` so cloud-init sets it whole. The DNS settings are repeated in
+  cc_resolv_conf's ``resolv_conf`` form, the only place for resolver options (network-config
+  cannot express them; distributions where cc_resolv_conf does not run ignore it).
+- ``network-config``: version 1; one ``physical`` entry per interface (matched by MAC, named,
+  optional MTU) with one ``static`` subnet per address, the gateway of each family on its first
+  subnet, routes on the first subnet of their family; a ``nameserver`` entry when there are DNS
+  servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Union
+
+from qmprt.cloudinit import _yaml
+
+ENVIRONMENT_PATH = "/etc/cloud/environment"
+COMMAND_PATH = "/var/lib/qmprt/command.sh"
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_HOSTNAME_MAX = 64  # the kernel's limit (HOST_NAME_MAX)
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_DOMAIN = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_DNS_OPTION = re.compile(r"([A-Za-z0-9_-]+)(?::([A-Za-z0-9._-]+))?")
+
+_EMPTY_ENV: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    """A file the guest writes at boot (cloud-init ``write_files``)."""
+
+    path: str
+    content: bytes
+    permissions: int = 0o644
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: str  # CIDR, IPv4 or IPv6
+    gateway: str
+
+
+@dataclass(frozen=True)
+class NetworkInterface:
+    mac: str
+    name: str | None = None  # None: eth<index in SeedSpec.interfaces>
+    addresses: tuple[str, ...] = ()  # CIDR, IPv4 or IPv6
+    gateway4: str | None = None
+    gateway6: str | None = None
+    routes: tuple[Route, ...] = ()
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    servers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # resolv.conf style: "ndots:5", "edns0"
+
+
+@dataclass(frozen=True)
+class SeedSpec:
+    instance_id: str
+    hostname: str
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY_ENV)
+    command: tuple[str, ...] = ()  # argv run at boot, output on the console
+    files: tuple[SeedFile, ...] = ()
+    interfaces: tuple[NetworkInterface, ...] = ()
+    dns: DNSConfig | None = None
+
+
+def _sh_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _check_no_nul(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+
+
+def render_environment(env: Mapping[str, str]) -> bytes:
+    """``KEY='value'`` lines that ``.`` in sh sets back to exactly the same values.
+
+    Raises ``ValueError`` for a key that is not a shell identifier or a value holding NUL (which no
+    environment variable can carry).
+    """
+    lines = []
+    for key, value in env.items():
+        if not _ENV_KEY.fullmatch(key):
+            raise ValueError(f"environment variable name {key!r} is not a valid shell identifier")
+        _check_no_nul(value, f"environment variable {key}")
+        lines.append(f"{key}={_sh_quote(value)}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def render_command_script(command: tuple[str, ...]) -> bytes:
+    """The script that runs ``command`` with the environment file exported."""
+    if not command:
+        raise ValueError("the command is empty")
+    for index, arg in enumerate(command):
+        _check_no_nul(arg, f"command argument {index}")
+    argv = " ".join(_sh_quote(arg) for arg in command)
+    return (
+        "#!/bin/sh\n"
+        "# Written by qmprt: the container's command, with its environment exported.\n"
+        "set -a\n"
+        f". {ENVIRONMENT_PATH}\n"
+        "set +a\n"
+        f"exec {argv}\n"
+    ).encode("utf-8")
+
+
+def _check_hostname(hostname: str) -> str:
+    if len(hostname) > _HOSTNAME_MAX or not _HOSTNAME.fullmatch(hostname):
+        raise ValueError(
+            f"hostname {hostname!r} must be DNS labels (letters, digits, '-') joined by '.',"
+            f" at most {_HOSTNAME_MAX} characters"
+        )
+    return hostname
+
+
+def _check_instance_id(instance_id: str) -> str:
+    if not _INSTANCE_ID.fullmatch(instance_id):
+        raise ValueError(f"instance id {instance_id!r} must match {_INSTANCE_ID.pattern}")
+    return instance_id
+
+
+def render_meta_data(spec: SeedSpec) -> bytes:
+    return _yaml.dump(
+        {
+            "instance-id": _check_instance_id(spec.instance_id),
+            "local-hostname": _check_hostname(spec.hostname),
+        }
+    )
+
+
+def _seed_files(spec: SeedSpec) -> list[SeedFile]:
+    files = [SeedFile(ENVIRONMENT_PATH, render_environment(spec.env), 0o600)]
+    if spec.command:
+        files.append(SeedFile(COMMAND_PATH, render_command_script(spec.command), 0o700))
+    files.extend(spec.files)
+    seen: set[str] = set()
+    for seed_file in files:
+        if not seed_file.path.startswith("/"):
+            raise ValueError(f"seed file path {seed_file.path!r} is not absolute")
+        if seed_file.path in seen:
+            raise ValueError(f"seed file path {seed_file.path!r} is given twice (or is reserved)")
+        seen.add(seed_file.path)
+        if not 0 <= seed_file.permissions <= 0o7777:
+            raise ValueError(f"permissions {seed_file.permissions:o} of {seed_file.path} are invalid")
+    return files
+
+
+def _dns_options(options: tuple[str, ...]) -> dict[str, _yaml.Node]:
+    rendered: dict[str, _yaml.Node] = {}
+    for option in options:
+        match = _DNS_OPTION.fullmatch(option)
+        if not match:
+            raise ValueError(f"DNS option {option!r} must look like 'name' or 'name:value'")
+        name, value = match.group(1), match.group(2)
+        rendered[name] = True if value is None else value
+    return rendered
+
+
+def render_user_data(spec: SeedSpec) -> bytes:
+    document: dict[str, _yaml.Node] = {"hostname": _check_hostname(spec.hostname)}
+    if "." in spec.hostname:
+        # cloud-init would take a dotted hostname as an FQDN and set only its first label.
+        document["fqdn"] = spec.hostname
+        document["prefer_fqdn_over_hostname"] = True
+    document["write_files"] = [
+        {
+            "path": _yaml.check_string(seed_file.path, "seed file path"),
+            "permissions": f"{seed_file.permissions:04o}",
+            "encoding": "b64",
+            "content": base64.b64encode(seed_file.content).decode("ascii"),
+        }
+        for seed_file in _seed_files(spec)
+    ]
+    if spec.command:
+        document["runcmd"] = [COMMAND_PATH]
+    resolv_conf = _resolv_conf(spec.dns)
+    if resolv_conf:
+        document["manage_resolv_conf"] = True
+        document["resolv_conf"] = resolv_conf
+    return _yaml.dump(document, header="#cloud-config")
+
+
+def _resolv_conf(dns: DNSConfig | None) -> dict[str, _yaml.Node]:
+    """The whole DNS configuration in cc_resolv_conf's form: network-config has no DNS options."""
+    if dns is None:
+        return {}
+    _check_dns(dns)
+    resolv_conf: dict[str, _yaml.Node] = {}
+    if dns.servers:
+        resolv_conf["nameservers"] = list(dns.servers)
+    if dns.searches:
+        resolv_conf["searchdomains"] = list(dns.searches)
+    if dns.options:
+        resolv_conf["options"] = _dns_options(dns.options)
+    return resolv_conf
+
+
+IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+
+def _check_dns(dns: DNSConfig) -> None:
+    for server in dns.servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError as err:
+            raise ValueError(f"DNS server {server!r} is not an IP address") from err
+    for domain in dns.searches:
+        if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"DNS search domain {domain!r} is not a domain name")
+
+
+def _interface_entry(index: int, interface: NetworkInterface) -> dict[str, _yaml.Node]:
+    mac = interface.mac.lower()
+    if not _MAC.fullmatch(mac):
+        raise ValueError(f"MAC address {interface.mac!r} must look like 52:54:00:12:34:56")
+    name = interface.name if interface.name is not None else f"eth{index}"
+    if not _IFNAME.fullmatch(name):
+        raise ValueError(f"interface name {name!r}: at most 15 of letters, digits, '_', '.', '-'")
+    entry: dict[str, _yaml.Node] = {"type": "physical", "name": name, "mac_address": mac}
+    if interface.mtu is not None:
+        if not 68 <= interface.mtu <= 65535:
+            raise ValueError(f"MTU {interface.mtu} of {name} is out of range")
+        entry["mtu"] = interface.mtu
+
+    subnets: list[dict[str, _yaml.Node]] = []
+    first_of_family: dict[int, dict[str, _yaml.Node]] = {}
+    for address in interface.addresses:
+        try:
+            parsed: IPInterface = ipaddress.ip_interface(address)
+        except ValueError as err:
+            raise ValueError(f"address {address!r} of {name} is not an IP address in CIDR form") from err
+        if "/" not in address:
+            raise ValueError(f"address {address!r} of {name} needs a prefix length")
+        subnet: dict[str, _yaml.Node] = {"type": "static", "address": str(parsed)}
+        subnets.append(subnet)
+        first_of_family.setdefault(parsed.version, subnet)
+
+    for version, gateway in ((4, interface.gateway4), (6, interface.gateway6)):
+        if gateway is None:
+            continue
+        try:
+            parsed_gateway = ipaddress.ip_address(gateway)
+        except ValueError as err:
+            raise ValueError(f"gateway {gateway!r} of {name} is not an IP address") from err
+        if parsed_gateway.version != version or version not in first_of_family:
+            raise ValueError(f"gateway{version} {gateway} of {name} needs an IPv{version} address on it")
+        first_of_family[version]["gateway"] = str(parsed_gateway)
+
+    routes_of_family: dict[int, list[_yaml.Node]] = {}
+    for route in interface.routes:
+        try:
+            destination = ipaddress.ip_network(route.destination, strict=False)
+            via = ipaddress.ip_address(route.gateway)
+        except ValueError as err:
+            raise ValueError(f"route {route.destination} via {route.gateway} of {name}: {err}") from err
+        if destination.version != via.version or destination.version not in first_of_family:
+            raise ValueError(
+                f"route {route.destination} via {route.gateway} of {name} needs an"
+                f" IPv{destination.version} address and gateway on the interface"
+            )
+        routes_of_family.setdefault(destination.version, []).append(
+            {"network": str(destination), "gateway": str(via)}
+        )
+    for version, routes in routes_of_family.items():
+        first_of_family[version]["routes"] = routes
+
+    if subnets:
+        entry["subnets"] = list(subnets)
+    return entry
+
+
+def render_network_config(spec: SeedSpec) -> bytes | None:
+    """network-config version 1, or ``None`` when the spec has neither interfaces nor DNS."""
+    config: list[_yaml.Node] = [
+        _interface_entry(index, interface) for index, interface in enumerate(spec.interfaces)
+    ]
+    names = [entry["name"] for entry in config if isinstance(entry, dict)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"interface names are not unique: {names}")
+    macs = [entry["mac_address"] for entry in config if isinstance(entry, dict)]
+    if len(set(macs)) != len(macs):
+        raise ValueError(f"MAC addresses are not unique: {macs}")
+    if spec.dns is not None:
+        _check_dns(spec.dns)
+        if spec.dns.servers:
+            nameserver: dict[str, _yaml.Node] = {
+                "type": "nameserver",
+                "address": list(spec.dns.servers),
+            }
+            if spec.dns.searches:
+                nameserver["search"] = list(spec.dns.searches)
+            config.append(nameserver)
+    if not config:
+        return None
+    return _yaml.dump({"version": 1, "config": config})
