@@ -8,6 +8,9 @@
                 memory_overhead_mib
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent)
     [cni]       conf_dir, bin_dirs
+    [image]     name translation rules, transport, limits: kept as the raw table here and checked by
+                ``qmprt.image.image_config_from_table`` when the store opens (config sits below the
+                mechanisms, so it does not import them)
 
 Environment overrides: ``QMPRT_ACCEL`` (vm.accel), ``QMPRT_STATE_DIR``, ``QMPRT_RUN_DIR``.
 """
@@ -96,6 +99,7 @@ class Config:
     vm: VMDefaults = field(default_factory=VMDefaults)
     cgroups: CgroupsConfig = field(default_factory=CgroupsConfig)
     cni: CNIConfig = field(default_factory=CNIConfig)
+    image: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         for table in (self.runtime, self.vm, self.cgroups, self.cni):
@@ -134,10 +138,13 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: str) -> Config
         except tomllib.TOMLDecodeError as err:
             raise InvalidArgument(f"config file {path}: {err}") from err
     tables: dict[str, type[Any]] = {"runtime": RuntimeConfig, "vm": VMDefaults, "cgroups": CgroupsConfig, "cni": CNIConfig}
-    unknown = sorted(set(document) - set(tables))
+    unknown = sorted(set(document) - set(tables) - {"image"})
     if unknown:
         raise InvalidArgument(f"config has unknown tables: {', '.join(unknown)}")
     parts: dict[str, Any] = {name: _table(cls, name, document.get(name, {})) for name, cls in tables.items()}
+    if not isinstance(document.get("image", {}), dict):
+        raise InvalidArgument("[image] must be a table")
+    parts["image"] = dict(document.get("image", {}))
     config = Config(**parts)
     runtime_changes: dict[str, Any] = {
         key: value

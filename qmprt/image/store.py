@@ -44,7 +44,7 @@ from qmprt.image.inspect import ImageInfo, inspect_image, inspect_image_async
 from qmprt.image.names import NamesIndex
 from qmprt.image.overlay import ImageFormat
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
-from qmprt.image.rules import ImageConfig, RuleSet, Transport
+from qmprt.image.rules import ImageConfig, RuleSet, Transport, image_config_from_table
 from qmprt.state import ensure_private_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -451,12 +451,10 @@ class ImageStore:
 def open_store(config: Config, image_config: ImageConfig | None = None) -> ImageStore:
     """The store under ``<state_dir>/images``, with the leftovers of interrupted pulls collected.
 
-    ``image_config`` defaults to ``config.image`` when the configuration has that table, else to
-    ``ImageConfig()``.
+    ``image_config`` defaults to the config file's ``[image]`` table (``ImageConfig()`` when absent).
     """
     if image_config is None:
-        configured = getattr(config, "image", None)
-        image_config = configured if isinstance(configured, ImageConfig) else ImageConfig()
+        image_config = image_config_from_table(config.image) if config.image else ImageConfig()
     store = ImageStore(Path(config.runtime.state_dir) / "images", image_config)
     store.collect_partials()
     return store

@@ -39,3 +39,21 @@ def test_rejects(tmp_path, monkeypatch, text, message) -> None:
     path.write_text(text)
     with pytest.raises(InvalidArgument, match=message):
         config.load(path)
+
+
+def test_image_table_reaches_the_store(tmp_path, monkeypatch) -> None:
+    from qmprt.image import open_store
+
+    monkeypatch.delenv("QMPRT_ACCEL", raising=False)
+    roots = tmp_path / "images-here"
+    roots.mkdir()
+    path = tmp_path / "c.toml"
+    path.write_text(f'[image]\nfile_roots = ["{roots}"]\nmax_virtual_size_bytes = 1073741824\n')
+    loaded = config.load(path, state_dir=str(tmp_path / "state"))
+    store = open_store(loaded)
+    assert store.config.file_roots == (str(roots),)
+    assert store.config.max_virtual_size_bytes == 1 << 30
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[image]\nmax_virtual_size_bytes = 'huge'\n")
+    with pytest.raises(InvalidArgument):
+        open_store(config.load(bad, state_dir=str(tmp_path / "state2")))
