@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from qmprt import config as config_module
 from qmprt.errors import QmprtError
@@ -41,6 +44,138 @@ def _cmd_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from qmprt.cri.server import serve
+
+    cfg = config_module.load(args.config, state_dir=args.state_dir, run_dir=args.run_dir, socket=args.socket)
+    if args.log_level is None:
+        logging.getLogger().setLevel(cfg.runtime.log_level.upper())
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def _ctl(handler: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A ctl subcommand: open a client on the endpoint (flag, $CONTAINER_RUNTIME_ENDPOINT, config)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from qmprt.ctl.client import CRIClient
+
+        endpoint = args.runtime_endpoint or os.environ.get("CONTAINER_RUNTIME_ENDPOINT")
+        if not endpoint:
+            endpoint = config_module.load(args.config).runtime.socket
+        with CRIClient(endpoint, timeout=args.timeout) as client:
+            return handler(client, args)
+
+    return run
+
+
+def _add_ctl(commands: Any) -> None:
+    from qmprt.ctl import commands as ctl
+
+    parser = commands.add_parser("ctl", help="a small CRI client for people without crictl")
+    parser.add_argument("-r", "--runtime-endpoint", help="unix socket path (default: the config's runtime.socket)")
+    parser.add_argument("--config", help="TOML config file to take the default socket from")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
+    sub = parser.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+    out = sys.stdout
+
+    def add(name: str, help: str, handler: Callable[[Any, argparse.Namespace], int]) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        command.set_defaults(func=_ctl(handler))
+        return command
+
+    def listing(command: argparse.ArgumentParser) -> None:
+        command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        command.add_argument("-q", "--quiet", action="store_true", help="only ids")
+        command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
+        command.add_argument("-s", "--state", default="", help="only objects in this state")
+
+    add("version", "the runtime's name and versions", lambda c, a: ctl.version(c, out))
+    add("info", "the runtime's status and config (JSON)", lambda c, a: ctl.info(c, out))
+
+    command = add("runp", "run a pod sandbox", lambda c, a: ctl.run_pod(c, a.pod_config, a.runtime, out))
+    command.add_argument("--runtime", default="", help="RuntimeClass handler (default: the default handler)")
+    command.add_argument("pod_config", help="pod sandbox config, JSON or YAML as crictl takes it")
+
+    command = add(
+        "create", "create a container in a pod",
+        lambda c, a: ctl.create(c, a.pod_id, a.container_config, a.pod_config, out),
+    )
+    command.add_argument("pod_id")
+    command.add_argument("container_config", help="container config, JSON or YAML")
+    command.add_argument("pod_config", help="the pod's sandbox config, JSON or YAML")
+
+    command = add("start", "start containers", lambda c, a: ctl.start(c, a.ids, out))
+    command.add_argument("ids", nargs="+", metavar="ID")
+
+    command = add("ps", "list containers", lambda c, a: ctl.containers(
+        c, out, all=a.all, pod=a.pod, state=a.state, labels=ctl.labels_from(a.label), quiet=a.quiet, format=a.output
+    ))
+    command.add_argument("-a", "--all", action="store_true", help="exited and created ones too")
+    command.add_argument("-p", "--pod", default="", help="only the containers of this pod (id or prefix)")
+    listing(command)
+
+    command = add("pods", "list pod sandboxes", lambda c, a: ctl.pods(
+        c, out, name=a.name, state=a.state, labels=ctl.labels_from(a.label), quiet=a.quiet, format=a.output
+    ))
+    command.add_argument("--name", default="", help="only pods whose name contains this")
+    listing(command)
+
+    command = add("inspect", "a container's status (JSON)", lambda c, a: ctl.inspect(c, a.id, out))
+    command.add_argument("id")
+    command = add("inspectp", "a pod sandbox's status (JSON)", lambda c, a: ctl.inspect_pod(c, a.id, out))
+    command.add_argument("id")
+
+    command = add("logs", "print a container's log", lambda c, a: ctl.container_logs(
+        c, a.id, _binary(sys.stdout), _binary(sys.stderr), follow=a.follow, tail=a.tail
+    ))
+    command.add_argument("-f", "--follow", action="store_true", help="keep printing while the container runs")
+    command.add_argument("--tail", type=int, default=-1, help="only the last N lines")
+    command.add_argument("id")
+
+    command = add("exec", "run a command in a container and wait (ExecSync); its exit code is ours", lambda c, a: (
+        ctl.exec_sync(c, a.id, a.cmd, a.exec_timeout, _binary(sys.stdout), _binary(sys.stderr))
+    ))
+    command.add_argument("--timeout", dest="exec_timeout", type=int, default=0, help="seconds; 0 = no limit")
+    command.add_argument("id")
+    command.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD ...")
+
+    command = add("stop", "stop containers", lambda c, a: ctl.stop(c, a.ids, a.stop_timeout, out))
+    command.add_argument("-t", "--timeout", dest="stop_timeout", type=int, default=10, help="grace seconds")
+    command.add_argument("ids", nargs="+", metavar="ID")
+    command = add("stopp", "stop pod sandboxes", lambda c, a: ctl.stop_pods(c, a.ids, out))
+    command.add_argument("ids", nargs="+", metavar="ID")
+    command = add("rm", "remove containers", lambda c, a: ctl.remove(c, a.ids, out))
+    command.add_argument("ids", nargs="+", metavar="ID")
+    command = add("rmp", "remove pod sandboxes", lambda c, a: ctl.remove_pods(c, a.ids, out))
+    command.add_argument("ids", nargs="+", metavar="ID")
+
+    command = add("images", "list images", lambda c, a: ctl.images(c, out, quiet=a.quiet, format=a.output))
+    command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    command.add_argument("-q", "--quiet", action="store_true", help="only ids")
+
+    command = add("pull", "pull an image", lambda c, a: ctl.pull(
+        c, a.name, out, progress=sys.stderr, username=a.creds.partition(":")[0], password=a.creds.partition(":")[2]
+    ))
+    command.add_argument("--creds", default="", help="USER:PASSWORD for the image server")
+    command.add_argument("name")
+    command = add("rmi", "remove images", lambda c, a: ctl.remove_images(c, a.names, out))
+    command.add_argument("names", nargs="+", metavar="NAME")
+    add("imagefsinfo", "usage of the image filesystem (JSON)", lambda c, a: ctl.image_fs_info(c, out))
+
+    command = add("stats", "CPU, memory and disk of containers", lambda c, a: ctl.stats(
+        c, out, pod=a.pod, labels=ctl.labels_from(a.label), format=a.output
+    ))
+    command.add_argument("-p", "--pod", default="", help="only the containers of this pod")
+    command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
+    command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+
+def _binary(stream: Any) -> Any:
+    stream.flush()
+    return stream.buffer
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--state-dir", help="state root (default from config: /var/lib/qmprt)")
@@ -48,8 +183,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qmprt", description="A CRI runtime whose pods are QEMU VMs")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve CRI v1 on a unix socket (kubelet's or crictl's endpoint)")
+    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--socket", help="unix socket path (default from config: /run/qmprt/qmprt.sock)")
+    serve.add_argument("--state-dir", help="state root (default from config: /var/lib/qmprt)")
+    serve.add_argument("--run-dir", help="runtime directory for VM sockets (default from config: /run/qmprt)")
+    serve.set_defaults(func=_cmd_serve)
+
+    _add_ctl(commands)
 
     qmp = commands.add_parser("qmp", help="open a qmp-shell on a live VM's second monitor")
     _common(qmp)
@@ -67,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level or ("warning" if args.command == "ctl" else "info"))
     try:
         return int(args.func(args))
     except QmprtError as err:
