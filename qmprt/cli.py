@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import qmprt.cri  # noqa: F401 - first, so gRPC's fork policy is set before anything loads grpc
 from qmprt import config as config_module
 from qmprt.errors import QmprtError
 

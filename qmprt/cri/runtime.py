@@ -63,7 +63,7 @@ class RuntimeInfoHandlers(Handlers):
         ]
         info = {}
         if request.verbose:
-            info["config"] = json.dumps(dataclasses.asdict(self.runtime.config), sort_keys=True)
+            info["config"] = json.dumps(dataclasses.asdict(self.runtime.config), sort_keys=True, default=str)
         return cri.StatusResponse(
             status=cri.RuntimeStatus(conditions=conditions),
             info=info,
