@@ -9,6 +9,7 @@ carries several checks, because the machine is small and shared: the module boot
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -453,3 +454,47 @@ def test_a_second_server_on_the_same_socket_is_refused(server: ServerProcess) ->
     assert result.returncode != 0
     assert "another qmprt" in result.stderr
     assert server.socket.exists()
+
+
+def test_qmprt_ctl_drives_a_pod(server: ServerProcess, tiny: TinyGuest, tmp_path: Path) -> None:
+    """The ctl twin of the fake-based ctl tests: crictl-style files, real guest, exit codes."""
+    (tmp_path / "logs" / "vm").mkdir(parents=True)
+    (tmp_path / "pod.yaml").write_text(
+        "metadata: {name: ctl-demo, namespace: default, uid: u-ctl}\n"
+        f"log_directory: {tmp_path / 'logs'}\nlinux: {{}}\n"
+    )
+    (tmp_path / "ctr.json").write_text(
+        '{"metadata": {"name": "vm"}, "image": {"image": "%s"}, "log_path": "vm/0.log",'
+        ' "command": ["/bin/sh", "-c", "echo hello from ctl"]}' % IMAGE_NAME
+    )
+
+    def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "qmprt.cli", "ctl", "-r", str(server.socket), *args],
+            cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        )
+        if check:
+            assert result.returncode == 0, f"ctl {' '.join(args)}: {result.stderr}"
+        return result
+
+    assert "Image is up to date for sha256:" in ctl("pull", IMAGE_NAME).stdout
+    pod_id = ctl("runp", "pod.yaml").stdout.strip()
+    container_id = ctl("create", pod_id[:12], "ctr.json", "pod.yaml").stdout.strip()
+    ctl("start", container_id)
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while tiny.ready_marker not in ctl("logs", container_id).stdout:
+        assert time.monotonic() < deadline, "the ready marker never showed in ctl logs"
+        time.sleep(0.5)
+    assert ctl("exec", container_id, "uname", "-r").stdout.strip() == tiny.kernel_version
+    assert ctl("exec", container_id, "sh", "-c", "exit 5", check=False).returncode == 5
+    [row] = ctl("ps").stdout.splitlines()[1:]
+    assert row.split()[:2] == [container_id[:13], IMAGE_NAME] and "RUNNING" in row and row.endswith("ctl-demo")
+    assert json.loads(ctl("inspect", container_id).stdout)["status"]["state"] == "CONTAINER_RUNNING"
+    assert container_id[:13] in ctl("stats").stdout
+    ctl("stop", "-t", "30", container_id)
+    assert "EXITED" in ctl("ps", "-a").stdout
+    assert "hello from ctl" in ctl("logs", container_id).stdout
+    ctl("rm", container_id)
+    ctl("rmp", pod_id)
+    assert ctl("pods", "-q").stdout == ""
+    ctl("rmi", IMAGE_NAME)
