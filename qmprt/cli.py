@@ -86,13 +86,16 @@ def _add_ctl(commands: Any) -> None:
         return command
 
     def listing(command: argparse.ArgumentParser) -> None:
-        command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
         command.add_argument("-q", "--quiet", action="store_true", help="only ids")
         command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
         command.add_argument("-s", "--state", default="", help="only objects in this state")
 
     add("version", "the runtime's name and versions", lambda c, a: ctl.version(c, out))
-    add("info", "the runtime's status and config (JSON)", lambda c, a: ctl.info(c, out))
+    def document(command: argparse.ArgumentParser) -> None:
+        command.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+
+    document(add("info", "the runtime's status and config", lambda c, a: ctl.info(c, out, a.output)))
 
     command = add("runp", "run a pod sandbox", lambda c, a: ctl.run_pod(c, a.pod_config, a.runtime, out))
     command.add_argument("--runtime", default="", help="RuntimeClass handler (default: the default handler)")
@@ -122,10 +125,12 @@ def _add_ctl(commands: Any) -> None:
     command.add_argument("--name", default="", help="only pods whose name contains this")
     listing(command)
 
-    command = add("inspect", "a container's status (JSON)", lambda c, a: ctl.inspect(c, a.id, out))
+    command = add("inspect", "a container's status", lambda c, a: ctl.inspect(c, a.id, out, a.output))
     command.add_argument("id")
-    command = add("inspectp", "a pod sandbox's status (JSON)", lambda c, a: ctl.inspect_pod(c, a.id, out))
+    document(command)
+    command = add("inspectp", "a pod sandbox's status", lambda c, a: ctl.inspect_pod(c, a.id, out, a.output))
     command.add_argument("id")
+    document(command)
 
     command = add("logs", "print a container's log", lambda c, a: ctl.container_logs(
         c, a.id, _binary(sys.stdout), _binary(sys.stderr), follow=a.follow, tail=a.tail
@@ -152,7 +157,7 @@ def _add_ctl(commands: Any) -> None:
     command.add_argument("ids", nargs="+", metavar="ID")
 
     command = add("images", "list images", lambda c, a: ctl.images(c, out, quiet=a.quiet, format=a.output))
-    command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     command.add_argument("-q", "--quiet", action="store_true", help="only ids")
 
     command = add("pull", "pull an image", lambda c, a: ctl.pull(
@@ -162,14 +167,14 @@ def _add_ctl(commands: Any) -> None:
     command.add_argument("name")
     command = add("rmi", "remove images", lambda c, a: ctl.remove_images(c, a.names, out))
     command.add_argument("names", nargs="+", metavar="NAME")
-    add("imagefsinfo", "usage of the image filesystem (JSON)", lambda c, a: ctl.image_fs_info(c, out))
+    document(add("imagefsinfo", "usage of the image filesystem", lambda c, a: ctl.image_fs_info(c, out, a.output)))
 
     command = add("stats", "CPU, memory and disk of containers", lambda c, a: ctl.stats(
         c, out, pod=a.pod, labels=ctl.labels_from(a.label), format=a.output
     ))
     command.add_argument("-p", "--pod", default="", help="only the containers of this pod")
     command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
-    command.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
 
 def _binary(stream: Any) -> Any:

@@ -40,11 +40,11 @@ def version(client: CRIClient, out: TextIO) -> int:
     return 0
 
 
-def info(client: CRIClient, out: TextIO) -> int:
+def info(client: CRIClient, out: TextIO, format: str = "json") -> int:
     response = client.runtime("Status", cri.StatusRequest(verbose=True))
     document = output.inspect_document(response.status, response.info)
     document["runtimeHandlers"] = [output.message_dict(handler) for handler in response.runtime_handlers]
-    output.write_json(out, document)
+    output.write_document(out, document, format)
     return 0
 
 
@@ -117,8 +117,8 @@ def containers(
         wanted.state.state = cri.CONTAINER_RUNNING
     found = client.runtime("ListContainers", cri.ListContainersRequest(filter=wanted)).containers
     found = sorted(found, key=lambda c: c.created_at, reverse=True)
-    if format == "json":
-        output.write_json(out, {"containers": [output.message_dict(c) for c in found]})
+    if format != "table":
+        output.write_document(out, {"containers": [output.message_dict(c) for c in found]}, format)
         return 0
     if quiet:
         out.writelines(f"{c.id}\n" for c in found)
@@ -156,8 +156,8 @@ def pods(
         wanted.state.state = cri.PodSandboxState.Value(f"SANDBOX_{state.upper()}")
     found = client.runtime("ListPodSandbox", cri.ListPodSandboxRequest(filter=wanted)).items
     found = sorted((p for p in found if name in p.metadata.name), key=lambda p: p.created_at, reverse=True)
-    if format == "json":
-        output.write_json(out, {"items": [output.message_dict(p) for p in found]})
+    if format != "table":
+        output.write_document(out, {"items": [output.message_dict(p) for p in found]}, format)
         return 0
     if quiet:
         out.writelines(f"{p.id}\n" for p in found)
@@ -178,16 +178,16 @@ def pods(
     return 0
 
 
-def inspect(client: CRIClient, container_id: str, out: TextIO) -> int:
+def inspect(client: CRIClient, container_id: str, out: TextIO, format: str = "json") -> int:
     request = cri.ContainerStatusRequest(container_id=container_id, verbose=True)
     response = client.runtime("ContainerStatus", request)
-    output.write_json(out, output.inspect_document(response.status, response.info))
+    output.write_document(out, output.inspect_document(response.status, response.info), format)
     return 0
 
 
-def inspect_pod(client: CRIClient, pod_id: str, out: TextIO) -> int:
+def inspect_pod(client: CRIClient, pod_id: str, out: TextIO, format: str = "json") -> int:
     response = client.runtime("PodSandboxStatus", cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True))
-    output.write_json(out, output.inspect_document(response.status, response.info))
+    output.write_document(out, output.inspect_document(response.status, response.info), format)
     return 0
 
 
@@ -237,8 +237,8 @@ def exec_sync(
 
 def images(client: CRIClient, out: TextIO, *, quiet: bool = False, format: str = "table") -> int:
     found = client.images("ListImages", cri.ListImagesRequest()).images
-    if format == "json":
-        output.write_json(out, {"images": [output.message_dict(image) for image in found]})
+    if format != "table":
+        output.write_document(out, {"images": [output.message_dict(image) for image in found]}, format)
         return 0
     if quiet:
         out.writelines(f"{image.id}\n" for image in found)
@@ -302,9 +302,9 @@ def remove_images(client: CRIClient, names: Sequence[str], out: TextIO) -> int:
     return 0
 
 
-def image_fs_info(client: CRIClient, out: TextIO) -> int:
+def image_fs_info(client: CRIClient, out: TextIO, format: str = "json") -> int:
     response = client.images("ImageFsInfo", cri.ImageFsInfoRequest())
-    output.write_json(out, output.message_dict(response))
+    output.write_document(out, output.message_dict(response), format)
     return 0
 
 
@@ -321,8 +321,8 @@ def stats(
         filter=cri.ContainerStatsFilter(pod_sandbox_id=pod, label_selector=dict(labels or {}))
     )
     first = {s.attributes.id: s for s in client.runtime("ListContainerStats", request).stats}
-    if format == "json":
-        output.write_json(out, {"stats": [output.message_dict(s) for s in first.values()]})
+    if format != "table":
+        output.write_document(out, {"stats": [output.message_dict(s) for s in first.values()]}, format)
         return 0
     time.sleep(sample_s)
     rows = []

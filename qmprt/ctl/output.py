@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -89,6 +90,10 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-def write_json(out: TextIO, document: Any) -> None:
+def write_document(out: TextIO, document: Any, format: str = "json") -> None:
+    """``document`` as indented JSON (crictl's default) or YAML."""
+    if format == "yaml":
+        yaml.safe_dump(document, out, allow_unicode=True, sort_keys=False)
+        return
     json.dump(document, out, indent=2, ensure_ascii=False)
     out.write("\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -347,3 +348,38 @@ async def test_cli_wiring(client: Client, fake: FakeRuntime, capsys: pytest.Capt
 def test_exec_takes_the_rest_of_the_line_as_the_command() -> None:
     args = cli.build_parser().parse_args(["ctl", "exec", "--timeout", "5", "abc", "sh", "-c", "ls -l"])
     assert (args.id, args.cmd, args.exec_timeout) == ("abc", ["sh", "-c", "ls -l"], 5)
+
+
+async def test_inspect_as_yaml(client: Client, fake: FakeRuntime) -> None:
+    import yaml
+
+    from .conftest import run_pod
+
+    pod_id = await run_pod(client)
+    _, printed = await _ctl(commands.inspect_pod, client, pod_id, format="yaml")
+    document = yaml.safe_load(printed)
+    assert document["status"]["id"] == pod_id and document["info"]["info"]["id"] == pod_id
+
+
+def test_serve_takes_its_paths_from_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from qmprt.cri import server
+
+    seen: list[Any] = []
+
+    async def fake_serve(config: Any) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(server, "serve", fake_serve)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # serve sets it from config
+    config_file = tmp_path / "qmprt.toml"
+    config_file.write_text('[runtime]\nlog_level = "debug"\nhandlers = ["qmprt", "vm"]\n')
+    code = cli.main(
+        ["serve", "--config", str(config_file), "--socket", "/tmp/x/q.sock", "--state-dir", "/tmp/x/s",
+         "--run-dir", "/tmp/x/r"]
+    )
+    assert code == 0
+    [config] = seen
+    assert (config.runtime.socket, config.runtime.state_dir, config.runtime.run_dir) == (
+        "/tmp/x/q.sock", "/tmp/x/s", "/tmp/x/r"
+    )
+    assert config.runtime.handlers == ("qmprt", "vm")
