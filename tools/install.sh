@@ -2,6 +2,12 @@
 # Installs everything qmprt needs on a Debian 12 machine, as root. Idempotent: a second run only
 # checks. Debian packages, a virtual environment at ./.venv with qmprt in it, and the tiny test guest.
 set -euo pipefail
+demo=false
+case "${1-}" in
+  --demo) demo=true ;;
+  "") ;;
+  *) echo "usage: tools/install.sh [--demo]" >&2; exit 2 ;;
+esac
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
@@ -39,3 +45,6 @@ fi
 # The tiny guest is cached by the hash of its recipe.
 bash images/build-tiny.sh
 echo "install: done"
+if $demo; then
+  exec bash tools/demo.sh
+fi
