@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
@@ -84,7 +84,7 @@ class _Call:
         suffix = f": {detail}" if detail else ""
         log.log(level, "%s %s %.1f ms%s", self.method, code.name, millis, suffix, exc_info=traceback)
 
-    async def fail(self, context: aio.ServicerContext, error: BaseException) -> None:
+    async def fail(self, context: aio.ServicerContext, error: BaseException) -> NoReturn:
         """Log ``error`` and end the call with its status code (``context.abort`` raises)."""
         code = status_code(error)
         unexpected = code == grpc.StatusCode.INTERNAL and not isinstance(error, errors.QmprtError)
@@ -93,6 +93,7 @@ class _Call:
             detail = f"{type(error).__name__}: {detail}"
         self.done(code, detail, traceback=unexpected)
         await context.abort(code, detail)
+        raise AssertionError("context.abort returned instead of raising")
 
 
 class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
