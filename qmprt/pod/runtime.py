@@ -172,8 +172,8 @@ class Runtime:
             state.ensure_private_dir(directory)
             undo.callback(shutil.rmtree, directory, ignore_errors=True)
             netns_name = netns.netns_name(sandbox_id)
-            netns_path = await asyncio.to_thread(netns.create, netns_name)
             undo.callback(netns.remove, netns_name)
+            netns_path = await asyncio.to_thread(netns.create, netns_name)
             sandbox = Sandbox.create(
                 sandbox_id, directory, spec,
                 SandboxStatus(SandboxState.READY, time.time_ns(), netns_path=str(netns_path)),

@@ -94,9 +94,22 @@ async def runtime_dirs(tmp_path, run_dir):
     yield state_dir, run_dir, cni_dir
 
 
-async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgroup_driver) -> None:
+@pytest.fixture
+async def runtimes():
+    """Runtimes a test opened; whatever sandboxes they still hold are removed afterwards."""
+    opened: list[Runtime] = []
+    yield opened
+    if opened:
+        last = opened[-1]
+        for info in last.list_sandboxes():
+            await last.remove_sandbox(info.id)
+        await last.close()
+
+
+async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgroup_driver, runtimes) -> None:
     state_dir, run_dir, cni_dir = runtime_dirs
     runtime = await open_runtime(tiny, state_dir, run_dir, cni_dir)
+    runtimes.append(runtime)
     health = runtime.health()
     assert health.runtime_ready and not health.network_ready and health.network_reason == "NetworkPluginNotReady"
 
@@ -129,6 +142,7 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
     # qmprt goes away and comes back: same ids, states and timestamps; the VM still answers.
     await runtime.close()
     runtime = await open_runtime(tiny, state_dir, run_dir, cni_dir)
+    runtimes.append(runtime)
     again = runtime.container(container_id)
     assert again.status == created.status
     assert runtime.sandbox(sandbox_id).status == info.status
@@ -170,9 +184,10 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
     ids=["log-path-escape", "log-path-absolute", "absurd-memory", "memory-below-overhead", "bad-env-name",
          "unknown-image", "no-image"],
 )
-async def test_bad_container_requests_leave_nothing(tiny, tmp_path, runtime_dirs, changes, error, message) -> None:
+async def test_bad_container_requests_leave_nothing(tiny, tmp_path, runtime_dirs, runtimes, changes, error, message) -> None:
     state_dir, run_dir, cni_dir = runtime_dirs
     runtime = await open_runtime(tiny, state_dir, run_dir, cni_dir)
+    runtimes.append(runtime)
     sandbox_id = await runtime.run_sandbox(sandbox_spec(tmp_path))
     with pytest.raises(error, match=message):
         await runtime.create_container(sandbox_id, container_spec(**changes))
@@ -186,9 +201,10 @@ async def test_bad_container_requests_leave_nothing(tiny, tmp_path, runtime_dirs
     assert list((state_dir / "pods").iterdir()) == []
 
 
-async def test_bad_sandbox_requests(tiny, tmp_path, runtime_dirs) -> None:
+async def test_bad_sandbox_requests(tiny, tmp_path, runtime_dirs, runtimes) -> None:
     state_dir, run_dir, cni_dir = runtime_dirs
     runtime = await open_runtime(tiny, state_dir, run_dir, cni_dir)
+    runtimes.append(runtime)
     good = sandbox_spec(tmp_path)
     with pytest.raises(InvalidArgument, match="runtime handler"):
         await runtime.run_sandbox(dataclasses.replace(good, runtime_handler="kata"))
