@@ -33,6 +33,7 @@ from qmprt import cgroups
 
 from .conftest import TEST_CGROUP_ROOT
 from .guests import ROOT, TinyGuest
+from .serverproc import ServerProcess
 
 BOOT_TIMEOUT = 120
 IMAGE_NAME = "images.qmprt.test/tiny:1"
@@ -43,80 +44,6 @@ LABELS = {
     "spaces": "  a  b  ",
     "empty": "",
 }
-
-
-class ServerProcess:
-    """``python -m qmprt.cli serve --config …`` with its output in a file."""
-
-    def __init__(self, directory: Path, socket_dir: Path, tiny: TinyGuest) -> None:
-        self.socket = socket_dir / "qmprt.sock"
-        self.state_dir = directory / "state"
-        self.log = directory / "serve.log"
-        self.cni_dir = directory / "cni"
-        self.cni_dir.mkdir()
-        self.config = directory / "qmprt.toml"
-        self.config.write_text(
-            f"""
-[runtime]
-socket = "{self.socket}"
-state_dir = "{self.state_dir}"
-run_dir = "{socket_dir / 'run'}"
-log_level = "debug"
-[cgroups]
-root = "{TEST_CGROUP_ROOT}/cri"
-[cni]
-conf_dir = "{self.cni_dir}"
-[image]
-file_roots = ["{tiny.directory}"]
-[[image.rule]]
-name = "{IMAGE_NAME.rsplit(':', 1)[0]}"
-url = "file://{tiny.disk}"
-"""
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"unix://{self.socket}"
-
-    def start(self, timeout: float = 60) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "qmprt.cli", "serve", "--config", str(self.config)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"qmprt serve exited with {self.process.returncode}:\n{self.tail()}")
-                try:
-                    stub.Version(cri.VersionRequest(), timeout=1)
-                    return
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        raise AssertionError(f"qmprt serve did not answer within {timeout} s:\n{self.tail()}")
-
-    def stop(self, timeout: float = 30) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.process = None
-        return code
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def qemu_processes(self) -> list[psutil.Process]:
-        found = []
-        for process in psutil.process_iter(["name", "cmdline"]):
-            cmdline = " ".join(process.info["cmdline"] or [])
-            if "qemu-system" in (process.info["name"] or "") and str(self.state_dir) in cmdline:
-                found.append(process)
-        return found
 
 
 def _remove_everything(address: str) -> None:
@@ -132,7 +59,7 @@ def server(
 ) -> Iterator[ServerProcess]:
     socket_dir = Path(f"/tmp/qmprt-c-{secrets.token_hex(4)}")  # unix socket paths are short
     socket_dir.mkdir(mode=0o700)
-    served = ServerProcess(tmp_path_factory.mktemp("cri"), socket_dir, tiny)
+    served = ServerProcess(tmp_path_factory.mktemp("cri"), socket_dir, tiny, f"{TEST_CGROUP_ROOT}/cri", IMAGE_NAME)
     served.start()
     try:
         yield served

@@ -1,0 +1,90 @@
+"""``qmprt serve`` as a child process with its own config, state, socket and log (tests, benchmark)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+from cri_api.v1 import api_pb2 as cri
+from cri_api.v1 import api_pb2_grpc
+
+from .guests import ROOT, TinyGuest
+
+
+class ServerProcess:
+    """``python -m qmprt.cli serve --config …`` with its output in a file."""
+
+    def __init__(self, directory: Path, socket_dir: Path, tiny: TinyGuest, cgroup_root: str, image_name: str, log_level: str = "debug") -> None:
+        self.socket = socket_dir / "qmprt.sock"
+        self.state_dir = directory / "state"
+        self.log = directory / "serve.log"
+        self.cni_dir = directory / "cni"
+        self.cni_dir.mkdir()
+        self.config = directory / "qmprt.toml"
+        self.config.write_text(
+            f"""
+[runtime]
+socket = "{self.socket}"
+state_dir = "{self.state_dir}"
+run_dir = "{socket_dir / 'run'}"
+log_level = "{log_level}"
+[cgroups]
+root = "{cgroup_root}"
+[cni]
+conf_dir = "{self.cni_dir}"
+[image]
+file_roots = ["{tiny.directory}"]
+[[image.rule]]
+name = "{image_name.rsplit(':', 1)[0]}"
+url = "file://{tiny.disk}"
+"""
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 60) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "qmprt.cli", "serve", "--config", str(self.config)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"qmprt serve exited with {self.process.returncode}:\n{self.tail()}")
+                try:
+                    stub.Version(cri.VersionRequest(), timeout=1)
+                    return
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        raise AssertionError(f"qmprt serve did not answer within {timeout} s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def qemu_processes(self) -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["name", "cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if "qemu-system" in (process.info["name"] or "") and str(self.state_dir) in cmdline:
+                found.append(process)
+        return found
