@@ -308,7 +308,7 @@ async def test_panic_reaches_qemu_through_pvpanic(tiny: Tiny, tmp_path: Path, so
                     await agent.close()
                 async with asyncio.timeout(15):
                     async for event in listener:
-                        events.append(event["event"])
+                        events.append(str(event["event"]))
                         if event["event"] == "GUEST_PANICKED":
                             break
         finally:
