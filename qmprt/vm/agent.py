@@ -20,6 +20,7 @@ from typing import Any
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 
 SYNC_DELIMITER = b"\xff"
+SYNC_RETRY = 0.5
 _sync_ids = itertools.count(int(time.time()) & 0xFFFFFF)
 
 
@@ -46,22 +47,35 @@ class GuestAgent:
             )
         except (OSError, asyncio.TimeoutError) as err:
             raise Unavailable(f"cannot reach the guest agent channel {self.socket_path}: {err}") from err
+        deadline = time.monotonic() + timeout
         try:
-            sync_id = next(_sync_ids)
-            writer.write(SYNC_DELIMITER)
-            await self._send(writer, "guest-sync-delimited", {"id": sync_id})
-            deadline = time.monotonic() + timeout
+            # Until the guest opens its end of the port, what qmprt writes is lost: ask again
+            # every SYNC_RETRY seconds, and take only the answer to the latest question.
             while True:
-                await asyncio.wait_for(reader.readuntil(SYNC_DELIMITER), _left(deadline))
-                reply = await self._read(reader, _left(deadline))
-                if reply.get("return") == sync_id:
+                sync_id = next(_sync_ids)
+                writer.write(SYNC_DELIMITER)
+                await self._send(writer, "guest-sync-delimited", {"id": sync_id})
+                if await self._await_sync(reader, sync_id, min(SYNC_RETRY, _left(deadline))):
                     return reader, writer
+                if _left(deadline) <= 0:
+                    raise asyncio.TimeoutError
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError) as err:
             writer.close()
             raise FailedPrecondition(
                 "the guest agent does not answer: the guest has no qemu-guest-agent running on "
                 "org.qemu.guest_agent.0, or it has not started yet"
             ) from err
+
+    async def _await_sync(self, reader: asyncio.StreamReader, sync_id: int, wait: float) -> bool:
+        until = time.monotonic() + wait
+        try:
+            while True:
+                await asyncio.wait_for(reader.readuntil(SYNC_DELIMITER), _left(until))
+                reply = await self._read(reader, _left(until))
+                if reply.get("return") == sync_id:
+                    return True
+        except asyncio.TimeoutError:
+            return False
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, command: str, arguments: Mapping[str, Any]) -> None:
