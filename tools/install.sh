@@ -15,7 +15,7 @@ debs=(
   qemu-system-x86 qemu-utils qemu-guest-agent busybox-static
   containernetworking-plugins linux-image-cloud-amd64
   extlinux syslinux-common e2fsprogs cpio kmod lz4 xz-utils zstd
-  iproute2 python3-venv python3-pip
+  iproute2 python3-venv python3-pip openssl curl debootstrap
 )
 missing=()
 for pkg in "${debs[@]}"; do
