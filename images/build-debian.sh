@@ -44,27 +44,15 @@ recipe_hash=$(
 )
 entry=$cache_root/debian-${recipe_hash:0:16}
 
-point_link() {
-    mkdir -p "$(dirname "$out_link")"
-    if [ "$(readlink "$out_link" 2>/dev/null)" != "$entry" ]; then
-        ln -sfn "$entry" "$out_link.new"
-        mv -T "$out_link.new" "$out_link"
-    fi
-}
-
-if [ -f "$entry/manifest.json" ]; then
-    point_link
-    exit 0
-fi
+# shellcheck source=images/cache.sh
+. "$here/cache.sh"
+use_cached_entry
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, loop mount)"
 mkdir -p "$cache_root"
 exec 9> "$cache_root/.debian.lock"
 flock 9
-if [ -f "$entry/manifest.json" ]; then
-    point_link
-    exit 0
-fi
+use_cached_entry
 rm -rf "$entry"
 
 echo "build-debian: building $entry from $mirror ($suite)"

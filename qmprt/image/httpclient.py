@@ -67,7 +67,9 @@ class Abort:
             self._shutdown(sock)
 
 
-class _HTTPConnection(http.client.HTTPConnection):
+class _AbortableConnection(http.client.HTTPConnection):
+    """A connection whose socket an ``Abort`` can shut down from another thread."""
+
     def __init__(self, *args: Any, abort: Abort, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._abort = abort
@@ -78,15 +80,12 @@ class _HTTPConnection(http.client.HTTPConnection):
         self._abort.register(self.sock)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, abort: Abort, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._abort = abort
+class _HTTPConnection(_AbortableConnection):
+    pass
 
-    def connect(self) -> None:
-        self._abort.check()
-        super().connect()
-        self._abort.register(self.sock)
+
+class _HTTPSConnection(_AbortableConnection, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
