@@ -168,6 +168,7 @@ def _add_ctl(commands: Any) -> None:
     command = add("rmi", "remove images", lambda c, a: ctl.remove_images(c, a.names, out))
     command.add_argument("names", nargs="+", metavar="NAME")
     document(add("imagefsinfo", "usage of the image filesystem", lambda c, a: ctl.image_fs_info(c, out, a.output)))
+    _add_ctl_image(sub)
 
     command = add("stats", "CPU, memory and disk of containers", lambda c, a: ctl.stats(
         c, out, pod=a.pod, labels=ctl.labels_from(a.label), format=a.output
@@ -175,6 +176,28 @@ def _add_ctl(commands: Any) -> None:
     command.add_argument("-p", "--pod", default="", help="only the containers of this pod")
     command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
     command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+
+def _add_ctl_image(ctl_commands: Any) -> None:
+    """``ctl image import``: on the state directory itself, no server (so no client is opened)."""
+    parser = ctl_commands.add_parser("image", help="work on the node's image store directly, without a server")
+    sub = parser.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    command = sub.add_parser(
+        "import", help="register a local disk image under a name, with every check a pull has (safe while serve runs)"
+    )
+    command.add_argument("file", help="a qcow2 or raw disk image")
+    command.add_argument("--name", required=True, help="the image name, as pods will give it (e.g. example.org/tiny:1)")
+    # Its own dest: a subparser's default would overwrite ``ctl --config``.
+    command.add_argument("--config", dest="store_config", help="TOML config file (state_dir, [image] limits)")
+    command.add_argument("--state-dir", help="state root (default from config: /var/lib/qmprt)")
+
+    def run(args: argparse.Namespace) -> int:
+        from qmprt.ctl.local import import_image
+
+        cfg = config_module.load(args.store_config or args.config, state_dir=args.state_dir)
+        return import_image(cfg, args.file, args.name, sys.stdout)
+
+    command.set_defaults(func=run)
 
 
 def _binary(stream: Any) -> Any:

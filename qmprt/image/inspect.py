@@ -99,7 +99,7 @@ def check_qcow2_header(header: bytes, max_virtual_size: int) -> int:
         raise InvalidArgument(f"qcow2 version {version} is not supported (2 and 3 are)")
     backing_offset, backing_size = struct.unpack_from(">QI", header, 8)
     if backing_offset != 0 or backing_size != 0:
-        raise InvalidArgument("the image has a backing file; a pulled image must be self-contained")
+        raise InvalidArgument("the image has a backing file; qmprt takes self-contained images only")
     (virtual_size,) = struct.unpack_from(">Q", header, 24)
     (crypt_method,) = struct.unpack_from(">I", header, 32)
     if crypt_method != 0:
@@ -112,7 +112,7 @@ def check_qcow2_header(header: bytes, max_virtual_size: int) -> int:
         raise InvalidArgument("the qcow2 v3 header is truncated")
     (incompatible,) = struct.unpack_from(">Q", header, 72)
     if incompatible & _INCOMPAT_DATA_FILE:
-        raise InvalidArgument("the image uses an external data file; a pulled image must be self-contained")
+        raise InvalidArgument("the image uses an external data file; qmprt takes self-contained images only")
     if incompatible & _INCOMPAT_CORRUPT:
         raise InvalidArgument("the image is marked corrupt")
     if incompatible & ~_INCOMPAT_KNOWN:
@@ -125,7 +125,7 @@ def check_qcow2_header(header: bytes, max_virtual_size: int) -> int:
         if ext_type == 0:
             break
         if ext_type == _QCOW2_EXT_DATA_FILE:
-            raise InvalidArgument("the image names an external data file; a pulled image must be self-contained")
+            raise InvalidArgument("the image names an external data file; qmprt takes self-contained images only")
         if ext_type == _QCOW2_EXT_CRYPTO:
             raise InvalidArgument("the image is encrypted; qmprt cannot boot it")
         offset += 8 + ((ext_length + 7) & ~7)
@@ -149,7 +149,7 @@ def judge_info(info: Mapping[str, Any], expected_format: ImageFormat, max_virtua
         if key in info:
             raise InvalidArgument(
                 f"the image has a backing file ({info.get('backing-filename')!r}); "
-                "a pulled image must be self-contained"
+                "qmprt takes self-contained images only"
             )
     specific = info.get("format-specific")
     data: Mapping[str, Any] = {}
@@ -157,7 +157,7 @@ def judge_info(info: Mapping[str, Any], expected_format: ImageFormat, max_virtua
         data = specific["data"]
     if "data-file" in data or "data-file-raw" in data:
         raise InvalidArgument(
-            f"the image uses an external data file ({data.get('data-file')!r}); a pulled image must be self-contained"
+            f"the image uses an external data file ({data.get('data-file')!r}); qmprt takes self-contained images only"
         )
     if info.get("encrypted") or "encrypt" in data:
         raise InvalidArgument("the image is encrypted; qmprt cannot boot it")

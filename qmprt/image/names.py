@@ -1,7 +1,8 @@
 """The names index, ``images/names.json``: ``{name: "sha256:<hex>"}``, many names per digest.
 
 Written whole and atomically (``state.write_json_atomic``) before the in-memory copy changes, so a
-crash leaves the old or the new index. Not locked: the store serialises every change.
+crash leaves the old or the new index. Not locked here: the store's index (``index.py``) serialises
+every change across threads and processes.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class NamesIndex:
-    def __init__(self, path: str | os.PathLike[str], stored: Container[str] | None = None) -> None:
-        """Load ``path`` (absent: empty); with ``stored`` (hex digests), drop names of missing images."""
+    def __init__(
+        self, path: str | os.PathLike[str], stored: Container[str] | None = None, *, quiet: bool = False
+    ) -> None:
+        """Load ``path`` (absent: empty); with ``stored`` (hex digests), drop names of missing images.
+
+        ``quiet``: drop them without a warning (a reload that raced a removal in another process).
+        """
         self.path = Path(path)
         try:
             document = read_json(self.path)
@@ -35,7 +41,8 @@ class NamesIndex:
         if stored is not None:
             for name, digest in list(self._names.items()):
                 if digest_hex(digest) not in stored:
-                    log.warning("image name %s points at %s, which is not in the store: dropped", name, digest)
+                    level = logging.DEBUG if quiet else logging.WARNING
+                    log.log(level, "image name %s points at %s, which is not in the store: dropped", name, digest)
                     del self._names[name]
 
     def get(self, name: str) -> str | None:
@@ -46,6 +53,10 @@ class NamesIndex:
 
     def as_dict(self) -> dict[str, str]:
         return dict(self._names)
+
+    def save(self) -> None:
+        """Write the index as it is (a new file: other processes see that the store changed)."""
+        self._replace(dict(self._names))
 
     def _replace(self, names: dict[str, str]) -> None:
         write_json_atomic(self.path, names)

@@ -15,8 +15,12 @@ Assumptions, and what keeps them true:
 - A crash can leave files in ``tmp/``, a metadata file without its image, or an image without names.
   ``collect_partials`` (called once at start) deletes the first two kinds; an image without names is
   listed (kubelet's image GC removes it by digest), since a container may still use it.
-- Changes (publish, names, removal) are serialised by one lock, as ``import_file`` may run in a worker
-  thread while pulls publish on the event loop; each change takes milliseconds.
+- Changes (publish, names, removal) are serialised across threads and processes by the index's
+  exclusive lock (``index.py``): ``qmprt ctl image import`` may publish while ``qmprt serve`` runs on
+  the same store, and the server's lookups reload the index when another process changed it. Each
+  change holds the lock for milliseconds.
+- A temp file is flocked by the process writing it for as long as it exists, so ``collect_partials``
+  (a server starting) skips another process's download or import in progress.
 - ``remove`` asks ``in_use(digest)`` under that lock; the pod layer must not create a container on an
   image between that answer and the deletion (it serialises container creation against removal).
 """
@@ -25,31 +29,29 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import logging
 import os
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InternalError, InvalidArgument, NotFound, Unavailable
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, fetch
 from qmprt.image.fsinfo import mount_point_of, tree_usage
 from qmprt.image.inspect import ImageInfo, inspect_image, inspect_image_async
-from qmprt.image.names import NamesIndex
-from qmprt.image.overlay import ImageFormat
+from qmprt.image.index import ImageMeta, StoreIndex
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
 from qmprt.image.rules import ImageConfig, RuleSet, Transport, image_config_from_table
-from qmprt.state import ensure_private_dir, read_json, write_json_atomic
+from qmprt.state import ensure_private_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-META_VERSION = 1
 MIN_PREFIX = 3
 FETCH_WORKERS = 4
 
@@ -90,37 +92,6 @@ class Images(Protocol):
 
 
 @dataclass(frozen=True)
-class _Meta:
-    format: ImageFormat
-    virtual_size: int
-    size_bytes: int
-    created_at_ns: int
-
-    def document(self, digest: str) -> dict[str, Any]:
-        return {
-            "version": META_VERSION,
-            "digest": digest,
-            "format": self.format,
-            "virtual_size": self.virtual_size,
-            "size_bytes": self.size_bytes,
-            "created_at_ns": self.created_at_ns,
-        }
-
-    @classmethod
-    def load(cls, path: Path) -> _Meta:
-        document = read_json(path)
-        try:
-            image_format = document["format"]
-            if image_format not in ("qcow2", "raw"):
-                raise ValueError(f"format {image_format!r}")
-            return cls(
-                image_format, int(document["virtual_size"]), int(document["size_bytes"]), int(document["created_at_ns"])
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise InternalError(f"{path} is not valid image metadata: {err}") from err
-
-
-@dataclass(frozen=True)
 class _Verified:
     temp_path: Path
     fetched: Fetched
@@ -153,19 +124,9 @@ class ImageStore:
         self._meta_dir = ensure_private_dir(self.root / "meta")
         self._tmp = ensure_private_dir(self.root / "tmp")
         self._rules = RuleSet(config)
-        self._lock = threading.RLock()
-        self._images: dict[str, _Meta] = {}
-        for blob in self._blobs.iterdir():
-            meta_path = self._meta_path(blob.name)
-            if not meta_path.exists():
-                continue  # an image whose verification is unknown: collect_partials deletes it
-            try:
-                self._images[blob.name] = _Meta.load(meta_path)
-            except (InternalError, NotFound) as err:
-                log.error("image %s is ignored: %s", blob.name, err)
-        self._names = NamesIndex(self.root / "names.json", stored=self._images)
+        self._index = StoreIndex(self.root, self._blobs, self._meta_dir)
         self._flights: dict[tuple[str, str | None], _Flight] = {}
-        self._active_temps: set[Path] = set()
+        self._active_temps: dict[Path, int] = {}  # temp file → the descriptor that holds its flock
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- paths -------------------------------------------------------------------------------------
@@ -173,27 +134,28 @@ class ImageStore:
     def _blob_path(self, hexdigest: str) -> Path:
         return self._blobs / hexdigest
 
-    def _meta_path(self, hexdigest: str) -> Path:
-        return self._meta_dir / f"{hexdigest}.json"
-
     def _new_temp(self) -> Path:
         path = self._tmp / f"{secrets.token_hex(8)}.part"
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        with self._lock:
-            self._active_temps.add(path)
+        # Created and flocked under the store's lock: collect_partials (which takes it) never sees it unlocked.
+        with self._index.exclusive():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._active_temps[path] = fd
         return path
 
     def _discard_temp(self, path: Path | None) -> None:
         if path is None:
             return
-        path.unlink(missing_ok=True)
-        with self._lock:
-            self._active_temps.discard(path)
+        path.unlink(missing_ok=True)  # gone already when it was published (renamed into sha256/)
+        with self._index.exclusive():
+            fd = self._active_temps.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     # -- queries -----------------------------------------------------------------------------------
 
     def _record(self, hexdigest: str) -> ImageRecord:
-        meta = self._images[hexdigest]
+        meta = self._index.images[hexdigest]
         digest = f"sha256:{hexdigest}"
         return ImageRecord(
             digest=digest,
@@ -201,35 +163,35 @@ class ImageStore:
             format=meta.format,
             size_bytes=meta.size_bytes,
             virtual_size=meta.virtual_size,
-            names=self._names.names_for(digest),
+            names=self._index.names.names_for(digest),
             created_at_ns=meta.created_at_ns,
         )
 
     def _registered_name(self, ref: str) -> str | None:
-        if self._names.get(ref) is not None:
+        if self._index.names.get(ref) is not None:
             return ref
         try:
             name = parse_reference(ref).name
         except InvalidArgument:
             return None
-        return name if self._names.get(name) is not None else None
+        return name if self._index.names.get(name) is not None else None
 
     def _lookup(self, ref: str) -> str | None:
         """The digest ``ref`` designates: a name, a digest, ``name@digest``, or a unique digest prefix."""
         name = self._registered_name(ref)
         if name is not None:
-            return self._names.get(name)
+            return self._index.names.get(name)
         if is_digest(ref):
-            return ref if digest_hex(ref) in self._images else None
+            return ref if digest_hex(ref) in self._index.images else None
         try:
             reference: ImageReference | None = parse_reference(ref)
         except InvalidArgument:
             reference = None
         if reference is not None and reference.digest is not None:
-            return reference.digest if digest_hex(reference.digest) in self._images else None
+            return reference.digest if digest_hex(reference.digest) in self._index.images else None
         prefix = ref.removeprefix("sha256:")
         if MIN_PREFIX <= len(prefix) <= 64 and all(ch in "0123456789abcdef" for ch in prefix):
-            matches = [hexdigest for hexdigest in self._images if hexdigest.startswith(prefix)]
+            matches = [hexdigest for hexdigest in self._index.images if hexdigest.startswith(prefix)]
             if len(matches) > 1:
                 raise InvalidArgument(f"{ref!r} is a prefix of {len(matches)} image digests; give more of it")
             if matches:
@@ -238,13 +200,13 @@ class ImageStore:
 
     def resolve(self, ref: str) -> ImageRecord | None:
         """The image ``ref`` names, or None; InvalidArgument when ``ref`` is an ambiguous prefix."""
-        with self._lock:
+        with self._index.current():
             digest = self._lookup(ref)
             return self._record(digest_hex(digest)) if digest is not None else None
 
     def list(self) -> list[ImageRecord]:
-        with self._lock:
-            records = [self._record(hexdigest) for hexdigest in self._images]
+        with self._index.current():
+            records = [self._record(hexdigest) for hexdigest in self._index.images]
         return sorted(records, key=lambda record: (record.created_at_ns, record.digest))
 
     def fs_usage(self) -> FsUsage:
@@ -257,32 +219,32 @@ class ImageStore:
         """Move a verified image into the store (unless it is there already) and point ``name`` at it."""
         digest = verified.fetched.digest
         hexdigest = digest_hex(digest)
-        with self._lock:
-            if hexdigest not in self._images:
-                meta = _Meta(verified.info.format, verified.info.virtual_size, verified.fetched.size, time.time_ns())
-                meta_path = self._meta_path(hexdigest)
+        with self._index.exclusive():
+            if hexdigest not in self._index.images:
+                meta = ImageMeta(verified.info.format, verified.info.virtual_size, verified.fetched.size, time.time_ns())
+                meta_path = self._index.meta_path(hexdigest)
                 try:
                     write_json_atomic(meta_path, meta.document(digest), exclusive=True)
                 except AlreadyExists:
-                    meta = _Meta.load(meta_path)  # left by a publish that a crash interrupted
+                    meta = ImageMeta.load(meta_path)  # left by a publish that a crash interrupted
                 try:
                     os.chmod(verified.temp_path, 0o444)
                     os.rename(verified.temp_path, self._blob_path(hexdigest))
                 except FileNotFoundError as err:
                     raise Unavailable(f"image {digest} was removed while it was being pulled; pull it again") from err
                 _fsync_directory(self._blobs)
-                self._images[hexdigest] = meta
+                self._index.images[hexdigest] = meta
                 log.info("stored image %s (%s, virtual size %d)", digest, meta.format, meta.virtual_size)
-            previous = self._names.get(name)
-            self._names.set(name, digest)
+            previous = self._index.names.get(name)
+            self._index.names.set(name, digest)
             if previous is not None and previous != digest:
                 log.info("image name %s moved from %s to %s", name, previous, digest)
             return self._record(hexdigest)
 
     def _delete(self, hexdigest: str) -> None:
         self._blob_path(hexdigest).unlink(missing_ok=True)
-        self._meta_path(hexdigest).unlink(missing_ok=True)
-        self._images.pop(hexdigest, None)
+        self._index.meta_path(hexdigest).unlink(missing_ok=True)
+        self._index.images.pop(hexdigest, None)
         log.info("removed image sha256:%s", hexdigest)
 
     def remove(self, ref: str, in_use: Callable[[str], bool]) -> None:
@@ -290,15 +252,15 @@ class ImageStore:
 
         Unknown references are not an error; an image in use is (FailedPrecondition).
         """
-        with self._lock:
+        with self._index.exclusive():
             name = self._registered_name(ref)
             if name is not None:
-                digest = self._names.get(name)
+                digest = self._index.names.get(name)
                 assert digest is not None
                 if in_use(digest):
                     raise FailedPrecondition(f"image {name} ({digest}) is used by a container")
-                self._names.remove_name(name)
-                if not self._names.names_for(digest):
+                self._index.names.remove_name(name)
+                if not self._index.names.names_for(digest):
                     self._delete(digest_hex(digest))
                 return
             found = self._lookup(ref)
@@ -306,7 +268,8 @@ class ImageStore:
                 return
             if in_use(found):
                 raise FailedPrecondition(f"image {found} is used by a container")
-            self._names.remove_digest(found)
+            if not self._index.names.remove_digest(found):
+                self._index.touch_names()  # no name changed: tell other processes the image went
             self._delete(digest_hex(found))
 
     def import_file(self, path: str | os.PathLike[str], name: str) -> ImageRecord:
@@ -333,8 +296,8 @@ class ImageStore:
         """
         reference = parse_reference(name)
         if reference.digest is not None:
-            with self._lock:
-                if digest_hex(reference.digest) in self._images:
+            with self._index.current():
+                if digest_hex(reference.digest) in self._index.images:
                     # Pinned content already here: nothing to download.
                     return self._publish_name(reference.name, reference.digest)
         url, transport = self._rules.translate(reference)
@@ -367,8 +330,8 @@ class ImageStore:
                 self._discard_temp(flight.temp_path)
 
     def _publish_name(self, name: str, digest: str) -> ImageRecord:
-        with self._lock:
-            self._names.set(name, digest)
+        with self._index.exclusive():
+            self._index.names.set(name, digest)
             return self._record(digest_hex(digest))
 
     async def _fetch_and_verify(
@@ -421,14 +384,14 @@ class ImageStore:
         """Delete what interrupted work left: temp downloads, metadata without image, image without
         metadata (never verified to completion), stale index temp files. Returns how many."""
         removed = 0
-        with self._lock:
+        with self._index.exclusive():
             for entry in self._tmp.iterdir():
                 if entry in self._active_temps:
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+                elif not _unlink_unless_locked(entry):
+                    continue  # another process's download or import in progress
                 removed += 1
             for directory in (self.root, self._meta_dir):
                 for stale in directory.glob(".*.tmp"):
@@ -439,24 +402,26 @@ class ImageStore:
                     meta_path.unlink(missing_ok=True)
                     removed += 1
             for blob in self._blobs.iterdir():
-                if blob.name not in self._images:
+                if blob.name not in self._index.images:
                     blob.unlink(missing_ok=True)
-                    self._meta_path(blob.name).unlink(missing_ok=True)
+                    self._index.meta_path(blob.name).unlink(missing_ok=True)
                     removed += 1
         if removed:
             log.info("removed %d leftovers of interrupted pulls from %s", removed, self.root)
         return removed
 
 
-def open_store(config: Config, image_config: ImageConfig | None = None) -> ImageStore:
+def open_store(config: Config, image_config: ImageConfig | None = None, *, collect: bool = True) -> ImageStore:
     """The store under ``<state_dir>/images``, with the leftovers of interrupted pulls collected.
 
     ``image_config`` defaults to the config file's ``[image]`` table (``ImageConfig()`` when absent).
+    ``collect=False`` leaves that to the server (a command line tool opening a server's store).
     """
     if image_config is None:
         image_config = image_config_from_table(config.image) if config.image else ImageConfig()
     store = ImageStore(Path(config.runtime.state_dir) / "images", image_config)
-    store.collect_partials()
+    if collect:
+        store.collect_partials()
     return store
 
 
@@ -465,6 +430,24 @@ def _check_pin(reference: ImageReference, fetched: Fetched) -> None:
         raise InvalidArgument(
             f"image {reference.original!r}: the content's digest is {fetched.digest}, not the pinned {reference.digest}"
         )
+
+
+def _unlink_unless_locked(path: Path) -> bool:
+    """Delete ``path`` unless its writer holds its flock; whether it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # a symlink or something else no writer of ours made
+        path.unlink(missing_ok=True)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -24,6 +24,7 @@ from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Not
 from qmprt.image.overlay import create_overlay
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
+from qmprt.pod.annotations import parse_annotations
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
 from qmprt.pod.sizing import size_vm
@@ -267,6 +268,7 @@ class Runtime:
             )
         if spec.log_path and not sandbox.spec.log_directory:
             raise InvalidArgument("log_path is set but the sandbox has no log_directory")
+        requested = parse_annotations(spec.annotations, sandbox.spec.annotations)
         async with sandbox.lock:
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready: it was stopped")
@@ -286,6 +288,9 @@ class Runtime:
             image = self.images.resolve(spec.image)
             if image is None:
                 raise NotFound(f"image {spec.image!r} is not present on this node: pull it first")
+            root_disk_bytes = None
+            if requested.root_volume_size_bytes is not None:
+                root_disk_bytes = requested.check_root_volume(image.virtual_size, self.images.config.max_virtual_size_bytes)
             size = size_vm(
                 spec.resources, self.config.vm.cpus, self.config.vm.memory_mib, self.config.vm.memory_overhead_mib
             )
@@ -296,7 +301,10 @@ class Runtime:
                 directory = sandbox.directory / container_id
                 state.ensure_private_dir(directory)
                 undo.callback(shutil.rmtree, directory, ignore_errors=True)
-                await asyncio.to_thread(create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE)  # type: ignore[arg-type]
+                await asyncio.to_thread(
+                    create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE, root_disk_bytes,  # type: ignore[arg-type]
+                    base_virtual_size_bytes=image.virtual_size if root_disk_bytes is not None else None,
+                )
                 await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec)
                 record = ContainerRecord(
                     spec=spec,

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -17,9 +18,12 @@ from .guests import ROOT, TinyGuest
 
 
 class ServerProcess:
-    """``python -m qmprt.cli serve --config …`` with its output in a file."""
+    """``python -m qmprt.cli serve --config …`` with its output in a file.
 
-    def __init__(self, directory: Path, socket_dir: Path, tiny: TinyGuest, cgroup_root: str, image_name: str, log_level: str = "debug") -> None:
+    ``image_name`` is mapped to the tiny guest's file; ``image_rules`` adds (name, URL) rules after it.
+    """
+
+    def __init__(self, directory: Path, socket_dir: Path, tiny: TinyGuest, cgroup_root: str, image_name: str, log_level: str = "debug", image_rules: Sequence[tuple[str, str]] = ()) -> None:
         self.socket = socket_dir / "qmprt.sock"
         self.state_dir = directory / "state"
         self.log = directory / "serve.log"
@@ -43,6 +47,7 @@ file_roots = ["{tiny.directory}"]
 name = "{image_name.rsplit(':', 1)[0]}"
 url = "file://{tiny.disk}"
 """
+            + "".join(f'[[image.rule]]\nname = "{name}"\nurl = "{url}"\n' for name, url in image_rules)
         )
         self.process: subprocess.Popen[bytes] | None = None
 

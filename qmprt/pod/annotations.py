@@ -1,0 +1,123 @@
+"""qmprt's own annotations: the keys under ``qmprt.io/`` that pods and containers may set.
+
+Kubernetes carries pod annotations to the sandbox config and container annotations to the container
+config; qmprt reads the keys with the prefix ``qmprt.io/`` and ignores every other key. A container's
+annotation wins over the same key on its sandbox, so a pod can set a default for all its containers.
+
+Known keys (add a row here, a field to ``QmprtAnnotations`` and a branch to ``parse_annotations``):
+
+=============================  ==========  =========================================================
+key                            value       effect
+=============================  ==========  =========================================================
+``qmprt.io/root-volume-size``  quantity    size of the container's root disk (its overlay); at least
+                                           the image's virtual size, at most the image config's
+                                           ``max_virtual_size_bytes``; the guest grows its
+                                           filesystem into it if it knows how (cloud-init does)
+=============================  ==========  =========================================================
+
+An unknown ``qmprt.io/`` key is refused (InvalidArgument naming it): a typo must not be silently
+ignored, as a misspelt size would boot a disk of the wrong size.
+
+Quantities are Kubernetes resource quantities: plain bytes (``1073741824``), a binary suffix
+(``Ki Mi Gi Ti Pi Ei``: ``512Mi``, ``10Gi``, ``1.5Gi``), a decimal one (``k M G T P E``: ``20G``) or an
+exponent (``5e9``). A fractional byte count rounds up, as Kubernetes' ``Quantity.Value()`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+from qmprt.errors import InvalidArgument
+
+PREFIX = "qmprt.io/"
+ROOT_VOLUME_SIZE = PREFIX + "root-volume-size"
+
+KNOWN_KEYS: Mapping[str, str] = {
+    ROOT_VOLUME_SIZE: "the container's root disk size, a Kubernetes quantity (10Gi, 512Mi, 20G or bytes)",
+}
+
+QUANTITY_FORMS = "plain bytes (1073741824), a binary suffix Ki Mi Gi Ti Pi Ei (10Gi), a decimal suffix k M G T P E (20G)"
+
+_SUFFIXES: Mapping[str, Decimal] = {
+    "": Decimal(1),
+    **{suffix: Decimal(1024) ** power for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
+    **{suffix: Decimal(1000) ** power for power, suffix in enumerate(("k", "M", "G", "T", "P", "E"), 1)},
+}
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<suffix>[KMGTPE]i|[kMGTPE])|[eE](?P<exponent>[+-]?[0-9]{1,3}))?"
+)
+_LARGEST = 1 << 63  # no disk is larger; also keeps exponents from making huge integers
+
+
+@dataclass(frozen=True)
+class QmprtAnnotations:
+    """The parsed ``qmprt.io/`` annotations of one container (its own over its sandbox's)."""
+
+    root_volume_size_bytes: int | None = None
+    root_volume_size: str = ""  # as written, for messages
+
+    def check_root_volume(self, image_virtual_size: int, max_bytes: int) -> int:
+        """The root disk size, refused when smaller than the image or above the limit."""
+        assert self.root_volume_size_bytes is not None
+        size = self.root_volume_size_bytes
+        if size < image_virtual_size:
+            raise InvalidArgument(
+                f"annotation {ROOT_VOLUME_SIZE}={self.root_volume_size} ({size} bytes) is smaller than the "
+                f"image's virtual size of {image_virtual_size} bytes; a root disk can only grow"
+            )
+        if size > max_bytes:
+            raise InvalidArgument(
+                f"annotation {ROOT_VOLUME_SIZE}={self.root_volume_size} ({size} bytes) is above the limit of "
+                f"{max_bytes} bytes (image.max_virtual_size_bytes)"
+            )
+        return size
+
+
+def parse_quantity(text: str) -> int:
+    """A Kubernetes quantity of bytes as an int (fractions round up); ValueError when it is none."""
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a quantity")
+    try:
+        value = Decimal(match["number"])
+        if match["exponent"] is not None:
+            value = value.scaleb(int(match["exponent"]))
+        else:
+            value *= _SUFFIXES[match["suffix"] or ""]
+    except InvalidOperation as err:
+        raise ValueError(f"{text!r} is not a quantity") from err
+    if value >= _LARGEST:
+        raise ValueError(f"{text!r} is out of range")
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
+
+
+def _check_keys(annotations: Mapping[str, str], where: str) -> None:
+    for key in sorted(annotations):
+        if key.startswith(PREFIX) and key not in KNOWN_KEYS:
+            raise InvalidArgument(
+                f"unknown {where} annotation {key!r}: qmprt knows {', '.join(sorted(KNOWN_KEYS))}"
+            )
+
+
+def parse_annotations(container: Mapping[str, str], sandbox: Mapping[str, str]) -> QmprtAnnotations:
+    """The ``qmprt.io/`` annotations of a container and its sandbox, the container's winning.
+
+    InvalidArgument for an unknown ``qmprt.io/`` key or a malformed value, naming the key.
+    """
+    _check_keys(sandbox, "sandbox")
+    _check_keys(container, "container")
+    merged = {**sandbox, **container}
+    size_text = merged.get(ROOT_VOLUME_SIZE)
+    if size_text is None:
+        return QmprtAnnotations()
+    try:
+        size = parse_quantity(size_text)
+    except ValueError as err:
+        raise InvalidArgument(f"annotation {ROOT_VOLUME_SIZE}: {err}; give {QUANTITY_FORMS}") from err
+    if size <= 0:
+        raise InvalidArgument(f"annotation {ROOT_VOLUME_SIZE}: {size_text!r} is not a positive size")
+    return QmprtAnnotations(root_volume_size_bytes=size, root_volume_size=size_text)
