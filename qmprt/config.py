@@ -6,7 +6,8 @@
     [vm]        accel ("auto" | "kvm" | "tcg"), machine ("q35" | "microvm"), cpus, memory_mib,
                 tcg_tb_size_mib (0 = QEMU's default), qemu_binary, stop_grace_seconds,
                 memory_overhead_mib
-    [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent)
+    [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent),
+                pids_max
     [cni]       conf_dir, bin_dirs
     [image]     name translation rules, transport, limits: kept as the raw table here and checked by
                 ``qmprt.image.image_config_from_table`` when the store opens (config sits below the
@@ -75,10 +76,13 @@ class VMDefaults:
 class CgroupsConfig:
     driver: str = "cgroupfs"
     root: str = "qmprt"
+    pids_max: int = 1024  # bounds QEMU's threads (vCPUs, I/O workers) in each VM's cgroup
 
     def validate(self) -> None:
         if self.driver not in ("cgroupfs", "systemd"):
             raise InvalidArgument(f"cgroups.driver must be cgroupfs or systemd, not {self.driver!r}")
+        if self.pids_max < 64:
+            raise InvalidArgument("cgroups.pids_max must be at least 64: QEMU needs threads")
         if not self.root or ".." in self.root.split("/"):
             raise InvalidArgument("cgroups.root must be a relative cgroup path without '..'")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qmprt import state
+from qmprt.cgroups import Cgroup
 from qmprt.pod.model import ContainerSpec, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState, check_container_transition, check_sandbox_transition
 from qmprt.pod.types import ContainerInfo, ContainerStatus, SandboxInfo, SandboxStatus
@@ -99,6 +100,7 @@ class Container:
         self.record = record
         self._status = status
         self.vm: VM | None = None
+        self.cgroup: Cgroup | None = None  # the VM's cgroup, with the full interface (limits, stats)
         self.log_writer: CRILogWriter | None = None
         self.lock = asyncio.Lock()
 

@@ -101,7 +101,7 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
             message=f"qmprt could not re-adopt the VM after a restart: {err}",
         )
         return "exited"
-    runtime.attach_vm(container, vm, writer)
+    runtime.attach_vm(container, vm, writer, cgroup)
     if vm.status.state == VMState.EXITED:
         if status.state == ContainerState.CREATED:
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)

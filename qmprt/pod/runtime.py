@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from qmprt import cgroups, state
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, VMError
 from qmprt.image.overlay import create_overlay
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
 from qmprt.pod.annotations import parse_annotations
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
-from qmprt.pod.sizing import size_vm
+from qmprt.pod.sizing import MIN_GUEST_MIB, size_vm
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.stats import container_stats, sandbox_stats
 from qmprt.pod.types import (
@@ -292,7 +292,7 @@ class Runtime:
             if requested.root_volume_size_bytes is not None:
                 root_disk_bytes = requested.check_root_volume(image.virtual_size, self.images.config.max_virtual_size_bytes)
             size = size_vm(
-                spec.resources, self.config.vm.cpus, self.config.vm.memory_mib, self.config.vm.memory_overhead_mib
+                spec.resources, self.config.vm.cpus, self.config.vm.memory_mib, self.overhead_mib(sandbox)
             )
             container_id = secrets.token_hex(32)
             self._container_names[name_key] = container_id
@@ -358,10 +358,34 @@ class Runtime:
             raise FailedPrecondition(f"log directory {Path(log_path).parent} does not exist (kubelet creates it)")
         return CRILogWriter(log_path)
 
+    def overhead_mib(self, sandbox: Sandbox) -> int:
+        """The VM's host memory besides guest RAM: the pod's RuntimeClass overhead when it states
+        one (kubelet then accounts it to the pod), else the configured ``vm.memory_overhead_mib``."""
+        overhead = sandbox.spec.overhead
+        if overhead is not None and overhead.memory_limit_in_bytes > 0:
+            return overhead.memory_limit_in_bytes >> 20
+        return self.config.vm.memory_overhead_mib
+
     def make_cgroup(self, container: Container) -> cgroups.Cgroup:
+        """The VM's cgroup with the container's hard limits; QEMU is exec'd straight into it."""
         cgroup = self.cgroup_driver.create(container.record.cgroup_path)
-        if container.record.cgroup_memory_bytes is not None:
-            cgroup.set_limits(cgroups.CgroupLimits(memory_bytes=container.record.cgroup_memory_bytes))
+        resources = container.spec.resources or Resources()
+        try:
+            cgroup.set_limits(
+                cgroups.CgroupLimits(
+                    memory_bytes=container.record.cgroup_memory_bytes,
+                    cpu_quota_us=resources.cpu_quota if resources.cpu_quota > 0 else None,
+                    cpu_period_us=resources.cpu_period if resources.cpu_period > 0 else None,
+                    cpu_shares=resources.cpu_shares if resources.cpu_shares > 0 else None,
+                    pids_max=self.config.cgroups.pids_max,
+                    cpuset_cpus=resources.cpuset_cpus or None,
+                    cpuset_mems=resources.cpuset_mems or None,
+                )
+            )
+        except (ValueError, cgroups.CgroupError) as err:
+            with contextlib.suppress(Exception):
+                cgroup.delete()
+            raise InvalidArgument(f"container resources cannot be applied: {err}") from err
         return cgroup
 
     async def start_container(self, container_id: str) -> None:
@@ -397,12 +421,15 @@ class Runtime:
                         reason="StartError", message=str(err),
                     )
                 raise
-            self.attach_vm(container, vm, log_writer)
+            self.attach_vm(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
         log.info("container %s started (pid %s)", container.id[:12], vm.status.pid)
 
-    def attach_vm(self, container: Container, vm: VM, log_writer: CRILogWriter | None) -> None:
+    def attach_vm(
+        self, container: Container, vm: VM, log_writer: CRILogWriter | None, cgroup: cgroups.Cgroup | None
+    ) -> None:
         container.vm = vm
+        container.cgroup = cgroup
         container.log_writer = log_writer
         vm.on_exit(lambda _vm: self._on_vm_exit(container))
 
@@ -471,33 +498,70 @@ class Runtime:
         container.log_writer.reopen()
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
-        """Apply CPU quota/period/shares and cpusets to the VM's cgroup; memory only within its budget."""
+        """Apply new resources to a running VM.
+
+        CPU quota/period/shares and cpusets go to the VM's cgroup. A memory limit moves the cgroup
+        limit and the guest's balloon together (guest RAM target = limit − overhead, at most the RAM
+        it booted with), shrinking the guest before the cgroup and growing the cgroup before the
+        guest. The vCPU count is fixed at start: a quota asking for more is refused.
+        """
         container, vm = self._running_vm(container_id)
-        if vm.cgroup is None:
-            raise FailedPrecondition(f"container {container.id[:12]} has no cgroup")
-        if resources.memory_limit_in_bytes:
-            floor = (container.record.guest_memory_mib + self.config.vm.memory_overhead_mib) << 20
-            if resources.memory_limit_in_bytes < floor:
-                raise FailedPrecondition(
-                    f"memory limit {resources.memory_limit_in_bytes >> 20} MiB is below the running VM's "
-                    f"guest RAM plus overhead ({floor >> 20} MiB); guest RAM cannot shrink while it runs"
-                )
+        cgroup = container.cgroup
+        if cgroup is None or vm.monitor is None:
+            raise FailedPrecondition(f"container {container.id[:12]} has no cgroup or monitor")
         if resources.cpu_quota > 0 and resources.cpu_period > 0:
             wanted = -(-resources.cpu_quota // resources.cpu_period)
             if wanted > container.record.vcpus:
-                log.info("container %s: quota allows %d CPUs, the VM keeps %d vCPUs", container.id[:12], wanted, container.record.vcpus)
+                raise FailedPrecondition(
+                    f"the VM of container {container.id[:12]} has {container.record.vcpus} vCPUs, fixed when it "
+                    f"started; a quota for {wanted} CPUs needs the pod to be recreated"
+                )
+        sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
+        balloon_target: int | None = None
+        if resources.memory_limit_in_bytes:
+            guest_mib = (resources.memory_limit_in_bytes >> 20) - self.overhead_mib(sandbox)
+            if guest_mib < MIN_GUEST_MIB:
+                raise InvalidArgument(
+                    f"memory limit {resources.memory_limit_in_bytes >> 20} MiB cannot hold the VM's overhead "
+                    f"({self.overhead_mib(sandbox)} MiB) plus the smallest guest ({MIN_GUEST_MIB} MiB)"
+                )
+            balloon_target = min(guest_mib, container.record.guest_memory_mib) << 20
         limits = cgroups.CgroupLimits(
-            memory_bytes=resources.memory_limit_in_bytes or None,
             cpu_quota_us=resources.cpu_quota if resources.cpu_quota else None,
             cpu_period_us=resources.cpu_period or None,
             cpu_shares=resources.cpu_shares or None,
             cpuset_cpus=resources.cpuset_cpus or None,
             cpuset_mems=resources.cpuset_mems or None,
         )
+        memory_limit = cgroups.CgroupLimits(memory_bytes=resources.memory_limit_in_bytes or None)
+        current = cgroup.read_limits().memory_bytes
+        growing = current is None or current == cgroups.UNLIMITED or resources.memory_limit_in_bytes >= current
         try:
-            vm.cgroup.set_limits(limits)  # type: ignore[attr-defined]
-        except ValueError as err:
-            raise InvalidArgument(str(err)) from err
+            if resources.memory_limit_in_bytes and growing:
+                cgroup.set_limits(memory_limit)
+            if balloon_target is not None:
+                await self._balloon(container, vm, balloon_target)
+            if resources.memory_limit_in_bytes and not growing:
+                cgroup.set_limits(memory_limit)
+            cgroup.set_limits(limits)
+        except (ValueError, cgroups.CgroupError) as err:
+            raise InvalidArgument(f"container resources cannot be applied: {err}") from err
+        log.info("container %s: resources updated (%s)", container.id[:12], resources)
+
+    async def _balloon(self, container: Container, vm: VM, target_bytes: int) -> None:
+        """Move the guest's balloon to ``target_bytes`` of RAM; a VM without one can only grow."""
+        assert vm.monitor is not None
+        try:
+            current = int((await vm.monitor.execute("query-balloon"))["actual"])
+        except VMError as err:
+            if target_bytes < container.record.guest_memory_mib << 20:
+                raise FailedPrecondition(
+                    f"the VM of container {container.id[:12]} has no memory balloon, so its guest RAM "
+                    "cannot shrink while it runs"
+                ) from err
+            return
+        if current != target_bytes:
+            await vm.monitor.execute("balloon", {"value": target_bytes})
 
     # -- stats ----------------------------------------------------------------------------------------------
     def container_stats(self, container_id: str) -> ContainerStatsInfo:

@@ -36,11 +36,10 @@ def _disk_usage(directory: Path) -> tuple[int, int]:
 
 
 def _cgroup_stats(container: Container) -> CgroupStats | None:
-    vm = container.vm
-    if container.status.state != ContainerState.RUNNING or vm is None or vm.cgroup is None:
+    if container.status.state != ContainerState.RUNNING or container.cgroup is None:
         return None
     try:
-        return vm.cgroup.stats()  # type: ignore[attr-defined, no-any-return]
+        return container.cgroup.stats()
     except QmprtError:
         return None
 

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from qmprt import cgroups
+from qmprt.pod.runtime import Runtime
 from qmprt.vm.machine import VM, VMState
 
 from .guests import TinyGuest, tiny_guest
@@ -91,3 +92,23 @@ async def vms(vm_tag: str, cgroup_driver: cgroups.CgroupDriver) -> AsyncIterator
 
 def make_cgroup(driver: cgroups.CgroupDriver, name: str) -> cgroups.Cgroup:
     return driver.create(f"{TEST_CGROUP_ROOT}/{name}")
+
+
+@pytest.fixture
+async def runtime_dirs(tmp_path: Path, run_dir: Path) -> AsyncIterator[tuple[Path, Path, Path]]:
+    state_dir = tmp_path / "state"
+    cni_dir = tmp_path / "cni"
+    cni_dir.mkdir()
+    yield state_dir, run_dir, cni_dir
+
+
+@pytest.fixture
+async def runtimes() -> AsyncIterator[list[Runtime]]:
+    """Runtimes a test opened; whatever sandboxes they still hold are removed afterwards."""
+    opened: list[Runtime] = []
+    yield opened
+    if opened:
+        last = opened[-1]
+        for info in last.list_sandboxes():
+            await last.remove_sandbox(info.id)
+        await last.close()

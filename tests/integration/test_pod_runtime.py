@@ -2,108 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
-import secrets
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from qmprt import cgroups, config as config_module
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.net import netns
-from qmprt.pod import recovery
-from qmprt.pod.model import ContainerMetadata, ContainerSpec, Resources, SandboxMetadata, SandboxSpec
-from qmprt.pod.runtime import Runtime
+from qmprt.pod.model import ContainerMetadata, Resources, SandboxMetadata
 from qmprt.pod.states import ContainerState, SandboxState
 
 from .conftest import TEST_CGROUP_ROOT
-from .guests import TinyGuest
-
-BOOT_TIMEOUT = 90
-
-
-@dataclass(frozen=True)
-class Image:
-    digest: str
-    path: str
-    format: str
-
-
-class OneImage:
-    """Stands in for the image store: it knows the tiny guest under the name "tiny"."""
-
-    def __init__(self, guest: TinyGuest) -> None:
-        self.image = Image("sha256:" + "0" * 64, str(guest.disk), "qcow2")
-
-    def resolve(self, ref: str) -> Image | None:
-        return self.image if ref in ("tiny", self.image.digest) else None
-
-
-async def open_runtime(tiny: TinyGuest, state_dir: Path, run_dir: Path, cni_dir: Path) -> Runtime:
-    cfg = config_module.load(state_dir=str(state_dir), run_dir=str(run_dir))
-    cfg = dataclasses.replace(
-        cfg,
-        cgroups=dataclasses.replace(cfg.cgroups, root=f"{TEST_CGROUP_ROOT}/rt"),
-        cni=dataclasses.replace(cfg.cni, conf_dir=str(cni_dir)),
-    )
-    runtime = Runtime(cfg, OneImage(tiny), cgroups.detect())  # type: ignore[arg-type]
-    await recovery.recover(runtime)
-    return runtime
-
-
-def sandbox_spec(tmp_path: Path, name: str = "web") -> SandboxSpec:
-    log_dir = tmp_path / "logs" / name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return SandboxSpec(
-        metadata=SandboxMetadata(name=name, uid=secrets.token_hex(4), namespace="default"),
-        hostname=f"{name}-host",
-        log_directory=str(log_dir),
-        labels={"app": name, "io.kubernetes.pod.name": name},
-        annotations={"note": "üñí ✓"},
-    )
-
-
-def container_spec(**changes: object) -> ContainerSpec:
-    base = ContainerSpec(
-        metadata=ContainerMetadata(name="vm"),
-        image="tiny",
-        log_path="vm.log",
-        envs=(("GREETING", "it's $HOME \"quoted\"\nline two ✓"),),
-        labels={"tier": "front"},
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-async def wait_for_log(path: str, text: str, timeout: float = BOOT_TIMEOUT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if os.path.exists(path) and text in Path(path).read_text(errors="replace"):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
-
-
-@pytest.fixture
-async def runtime_dirs(tmp_path, run_dir):
-    state_dir = tmp_path / "state"
-    cni_dir = tmp_path / "cni"
-    cni_dir.mkdir()
-    yield state_dir, run_dir, cni_dir
-
-
-@pytest.fixture
-async def runtimes():
-    """Runtimes a test opened; whatever sandboxes they still hold are removed afterwards."""
-    opened: list[Runtime] = []
-    yield opened
-    if opened:
-        last = opened[-1]
-        for info in last.list_sandboxes():
-            await last.remove_sandbox(info.id)
-        await last.close()
+from .pods import container_spec, open_runtime, sandbox_spec, wait_for_log
 
 
 async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgroup_driver, runtimes) -> None:
