@@ -303,7 +303,7 @@ class Runtime:
                 undo.callback(shutil.rmtree, directory, ignore_errors=True)
                 await asyncio.to_thread(
                     create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE, root_disk_bytes,  # type: ignore[arg-type]
-                    base_virtual_size_bytes=image.virtual_size if root_disk_bytes is not None else None,
+                    base_virtual_size_bytes=image.virtual_size,
                 )
                 await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec)
                 record = ContainerRecord(

@@ -6,10 +6,10 @@ import asyncio
 import dataclasses
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from qmprt import cgroups, config as config_module
+from qmprt.image import open_store
 from qmprt.pod import recovery
 from qmprt.pod.model import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
 from qmprt.pod.runtime import Runtime
@@ -20,27 +20,10 @@ from .guests import TinyGuest
 BOOT_TIMEOUT = 90
 
 
-@dataclass(frozen=True)
-class Image:
-    digest: str
-    path: str
-    format: str
-
-
-class OneImage:
-    """Stands in for the image store: it knows the tiny guest under the name "tiny"."""
-
-    def __init__(self, guest: TinyGuest) -> None:
-        self.image = Image("sha256:" + "0" * 64, str(guest.disk), "qcow2")
-
-    def resolve(self, ref: str) -> Image | None:
-        return self.image if ref in ("tiny", self.image.digest) else None
-
-
 async def open_runtime(
     tiny: TinyGuest, state_dir: Path, run_dir: Path, cni_dir: Path, **vm_changes: object
 ) -> Runtime:
-    """A Runtime on real cgroups and netns, with the tiny guest as its only image."""
+    """A Runtime on real cgroups, netns and image store, with the tiny guest imported as "tiny"."""
     cfg = config_module.load(state_dir=str(state_dir), run_dir=str(run_dir))
     cfg = dataclasses.replace(
         cfg,
@@ -48,7 +31,10 @@ async def open_runtime(
         cni=dataclasses.replace(cfg.cni, conf_dir=str(cni_dir)),
         vm=dataclasses.replace(cfg.vm, **vm_changes),  # type: ignore[arg-type]
     )
-    runtime = Runtime(cfg, OneImage(tiny), cgroups.detect())  # type: ignore[arg-type]
+    images = open_store(cfg)
+    if images.resolve("tiny") is None:
+        images.import_file(tiny.disk, "tiny")
+    runtime = Runtime(cfg, images, cgroups.detect())
     await recovery.recover(runtime)
     return runtime
 
