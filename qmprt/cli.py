@@ -26,21 +26,21 @@ def _setup_logging(level: str) -> None:
 def _cmd_qmp(args: argparse.Namespace) -> int:
     from qemu.qmp import qmp_shell
 
-    from qmprt.vm.locate import locate
+    from qmprt.pod.locate import locate_pod_or_vm
 
     cfg = config_module.load(args.config, state_dir=args.state_dir)
-    vm = locate(args.target, cfg.runtime.state_dir)
+    vm = locate_pod_or_vm(args.target, cfg.runtime.state_dir)
     sys.argv = ["qmp-shell", *(["-p"] if args.pretty else []), str(vm.qmp_shell_socket)]
     qmp_shell.main()
     return 0
 
 
 def _cmd_console(args: argparse.Namespace) -> int:
-    from qmprt.vm.locate import locate
+    from qmprt.pod.locate import locate_pod_or_vm
     from qmprt.vm.terminal import attach
 
     cfg = config_module.load(args.config, state_dir=args.state_dir)
-    vm = locate(args.target, cfg.runtime.state_dir)
+    vm = locate_pod_or_vm(args.target, cfg.runtime.state_dir)
     attach(str(vm.console_socket))
     return 0
 

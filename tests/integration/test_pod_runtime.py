@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +45,14 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
 
     uname = await runtime.exec_sync(container_id, ["uname", "-r"], 30)
     assert uname.stdout.decode().strip() == tiny.kernel_version
+    # An operator reaches the live VM by the pod's name: qmprt qmp opens qmp-shell on its second monitor.
+    for target in ("default/web", sandbox_id[:12]):
+        shell = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("qmprt")), "qmp", "--state-dir", str(state_dir), target,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(shell.communicate(b"query-name\n"), 30)
+        assert shell.returncode == 0 and f'"name": "{container_id}"' in out.decode(), out
     greeting = await runtime.exec_sync(container_id, ["sh", "-c", ". /etc/cloud/environment; printf %s \"$GREETING\""], 30)
     assert greeting.stdout.decode() == "it's $HOME \"quoted\"\nline two ✓"
     stats = runtime.container_stats(container_id)
