@@ -132,6 +132,28 @@ def descendant_directories(directory: str) -> list[str]:
     return found
 
 
+def has_subdirectories(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    except FileNotFoundError:
+        return False
+
+
+def remove_if_empty(directory_ops: DirectoryOps, directories: list[str]) -> bool:
+    """rmdir each directory unless one has child cgroups; True when none is left."""
+    if any(has_subdirectories(directory) for directory in directories):
+        return False
+    for directory in directories:
+        try:
+            directory_ops.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return True
+
+
 def remove_directory(directory_ops: DirectoryOps, directory: str, deadline: float) -> None:
     """rmdir, retrying while the kernel still reports the just-emptied cgroup busy."""
     while True:

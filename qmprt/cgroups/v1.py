@@ -228,6 +228,13 @@ class CgroupV1:
             for level in files.descendant_directories(directory):
                 files.remove_directory(self._directory_ops, level, deadline)
 
+    def delete_if_empty(self) -> bool:
+        """Remove this cgroup only when it has no child cgroups and no processes (a shared parent)."""
+        if self.pids():
+            return False
+        existing = [directory for directory in self.directories if os.path.isdir(directory)]
+        return files.remove_if_empty(self._directory_ops, existing)
+
 
 class CgroupV1Driver:
     """Creates cgroups across the v1 hierarchies named in ``controller_mounts`` (controller → mount point)."""

@@ -224,6 +224,14 @@ class CgroupV2:
         for level in files.descendant_directories(self._directory):
             files.remove_directory(self._directory_ops, level, deadline)
 
+    def delete_if_empty(self) -> bool:
+        """Remove this cgroup only when it has no child cgroups and no processes (a shared parent)."""
+        if not os.path.isdir(self._directory):
+            return True
+        if self.pids():
+            return False
+        return files.remove_if_empty(self._directory_ops, [self._directory])
+
 
 class CgroupV2Driver:
     """Creates cgroups in the unified hierarchy mounted at ``mount_point``."""

@@ -249,10 +249,10 @@ class Runtime:
                 self.cgroup_driver.open(path).delete()
         others = [other for other in self.sandboxes.values() if other is not sandbox and not other.spec.cgroup_parent]
         if not others:
-            # The runtime's own parent cgroup goes with its last sandbox (another qmprt may still use it).
+            # The runtime's own parent cgroup goes with its last sandbox, unless another qmprt uses it.
             with contextlib.suppress(Exception):
                 if self.cgroup_driver.exists(self.config.cgroups.root):
-                    self.cgroup_driver.open(self.config.cgroups.root).delete()
+                    self.cgroup_driver.open(self.config.cgroups.root).delete_if_empty()
 
     # -- containers ---------------------------------------------------------------------------------------
     async def create_container(self, sandbox_id: str, spec: ContainerSpec) -> str:

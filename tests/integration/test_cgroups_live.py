@@ -241,3 +241,19 @@ def test_oom_kill_is_counted(live: LiveCgroups) -> None:
     assert return_code == -signal.SIGKILL, f"expected an OOM kill, got {return_code}: {stderr}"
     assert wait_for(lambda: cgroup.oom_kill_count() >= 1, timeout_s=2)
     assert cgroup.stats().oom_kill_count >= 1
+
+
+def test_delete_if_empty_spares_a_parent_in_use() -> None:
+    driver = detect()
+    parent_path = f"qmprt-test-shared-{os.getpid()}"
+    child = driver.create(f"{parent_path}/other-instance")
+    try:
+        parent = driver.open(parent_path)
+        assert parent.delete_if_empty() is False
+        assert driver.exists(f"{parent_path}/other-instance")
+        child.delete()
+        assert parent.delete_if_empty() is True
+        assert not driver.exists(parent_path)
+    finally:
+        if driver.exists(parent_path):
+            driver.open(parent_path).delete()
