@@ -191,3 +191,100 @@ class KernelBoot:
         if self.append:
             argv += ["-append", " ".join(self.append)]
         return argv
+
+
+@dataclass(frozen=True)
+class VirtioBalloon:
+    """The balloon through which guest memory shrinks and grows live (QMP ``balloon``/``query-balloon``).
+
+    ``deflate_on_oom`` lets a guest that runs out of memory take pages back from the balloon instead of
+    killing its own processes; the hard limit stays the VM's cgroup. ``free_page_reporting`` hands the
+    pages the guest frees back to the host, so a long-running guest's footprint shrinks again.
+    """
+
+    id: str
+    transport: Transport
+    deflate_on_oom: bool = True
+    free_page_reporting: bool = True
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {
+            "driver": self.transport.virtio("virtio-balloon"),
+            "id": self.id,
+            "deflate-on-oom": self.deflate_on_oom,
+            "free-page-reporting": self.free_page_reporting,
+        }
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg(self.qmp_args())]
+
+
+MemoryBackendKind = Literal["ram", "file", "memfd"]
+
+
+@dataclass(frozen=True)
+class MemoryBackend:
+    """Guest RAM as a QOM object, so it can be bound to host NUMA nodes and backed by what the pod asks.
+
+    ``ram`` is plain anonymous memory; ``file`` maps files in ``mem_path`` (a hugetlbfs mount: hugepages);
+    ``memfd`` is anonymous memory another process can map (``share``), which vhost-user devices such as
+    virtiofsd need. ``host_nodes`` binds the pages to those host nodes (``policy=bind``: never elsewhere).
+    ``qmp_args()`` is the argument of ``object-add``.
+    """
+
+    id: str
+    size_mib: int
+    kind: MemoryBackendKind = "ram"
+    host_nodes: tuple[int, ...] = ()
+    mem_path: str | None = None
+    share: bool = False
+    prealloc: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.kind == "file") != (self.mem_path is not None):
+            raise ValueError("a file memory backend needs mem_path, and only a file backend takes one")
+        if self.kind == "ram" and self.share:
+            raise ValueError("shared guest memory comes from a memfd or file backend")
+
+    def qmp_args(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "qom-type": f"memory-backend-{self.kind}",
+            "id": self.id,
+            "size": self.size_mib * 1024 * 1024,
+        }
+        if self.mem_path is not None:
+            document["mem-path"] = self.mem_path
+        if self.kind != "ram":
+            # memfd defaults to share=on and file to share=off: say which one is meant.
+            document["share"] = self.share
+        if self.prealloc:
+            document["prealloc"] = True
+        if self.host_nodes:
+            document["host-nodes"] = list(self.host_nodes)
+            document["policy"] = "bind"
+        return document
+
+    def args(self) -> list[str]:
+        return ["-object", _json_arg(self.qmp_args())]
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    """One guest NUMA node: a contiguous range of vCPUs and the memory backend holding its RAM."""
+
+    node_id: int
+    first_cpu: int
+    last_cpu: int
+    memdev: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first_cpu <= self.last_cpu:
+            raise ValueError(f"NUMA node {self.node_id}: vCPUs {self.first_cpu}-{self.last_cpu} are not a range")
+
+    @property
+    def cpus(self) -> str:
+        return str(self.first_cpu) if self.first_cpu == self.last_cpu else f"{self.first_cpu}-{self.last_cpu}"
+
+    def args(self) -> list[str]:
+        # -numa takes no JSON form in QEMU 7.2; none of these values can hold a comma.
+        return ["-numa", f"node,nodeid={self.node_id},cpus={self.cpus},memdev={self.memdev}"]

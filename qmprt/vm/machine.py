@@ -39,18 +39,20 @@ from qmprt.vm.agent import GuestAgent
 from qmprt.vm.console import ConsolePump, CRILogWriter
 from qmprt.vm.devices import (
     Blockdev,
-
     KernelBoot,
     PvPanic,
     QMPMonitor,
     SerialConsole,
     SocketChardev,
+    VirtioBalloon,
     VirtioBlk,
     VirtioRng,
     VirtioSerial,
     VirtSerialPort,
 )
 from qmprt.vm.monitor import Monitor, MonitorEvent
+from qmprt.vm.numa import HugepageConfig, MemoryPlan, check_host, plan_memory
+from qmprt.vm.pinning import PinReport, parse_cpuset, pin_threads
 from qmprt.vm.spec import Accelerator, Device, MachineType, VMSpec
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,13 @@ class DiskConfig:
 
 @dataclass(frozen=True)
 class VMConfig:
-    """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO."""
+    """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO.
+
+    Guest RAM (see ``qmprt.vm.numa``): ``host_nodes`` binds it to those host NUMA nodes (empty: no
+    binding), ``guest_numa_nodes`` gives the guest that many NUMA nodes, ``hugepages`` backs it with
+    hugepages, ``shared_memory`` makes it mappable by other processes (virtiofsd). A layout that cannot
+    work anywhere raises ``InvalidArgument`` here; one this host cannot give, at ``VM.start``.
+    """
 
     vm_id: str
     root_disk: DiskConfig
@@ -136,6 +144,20 @@ class VMConfig:
     extra_disks: tuple[DiskConfig, ...] = ()
     tcg_tb_size_mib: int | None = None
     binary: str = "qemu-system-x86_64"
+    host_nodes: tuple[int, ...] = ()
+    guest_numa_nodes: int = 1
+    hugepages: HugepageConfig | None = None
+    shared_memory: bool = False
+
+    def __post_init__(self) -> None:
+        self.memory_plan()
+
+    def memory_plan(self) -> MemoryPlan:
+        return plan_memory(
+            memory_mib=self.memory_mib, cpus=self.cpus, machine=self.machine,
+            guest_numa_nodes=self.guest_numa_nodes, host_nodes=self.host_nodes,
+            hugepages=self.hugepages, shared=self.shared_memory,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +176,8 @@ class VMConfig:
                 )
                 if kernel
                 else None,
+                "host_nodes": tuple(document.get("host_nodes", ())),
+                "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
             }
         )
 
@@ -360,9 +384,11 @@ class VM:
     @staticmethod
     def render(config: VMConfig, fds: dict[str, int], console_log: str) -> VMSpec:
         """The full ``VMSpec`` of ``config``, given the fds of the qmprt-made listening sockets."""
+        memory = config.memory_plan()
         spec_probe = VMSpec(
             name=config.vm_id, machine=config.machine, accel=config.accel, cpus=config.cpus,
             memory_mib=config.memory_mib, kernel=config.kernel,
+            memory_backends=memory.backends, numa_nodes=memory.nodes,
         )
         transport = spec_probe.transport
         devices: list[Device] = [
@@ -390,6 +416,7 @@ class VM:
             SocketChardev("qga", fds["qga"]),
             VirtSerialPort("qga-port", "vser0", "qga", GUEST_AGENT_PORT),
             VirtioRng("rng0", transport),
+            VirtioBalloon("balloon0", transport),
             PvPanic(transport),
         ]
         return dataclasses.replace(
@@ -408,6 +435,7 @@ class VM:
     ) -> VM:
         """Spawn QEMU for ``config`` and connect to it. On failure nothing is left running."""
         begin = time.monotonic()
+        check_host(config.memory_plan())
         state_path = state.ensure_private_dir(state_dir)
         run_path = state.ensure_private_dir(run_dir)
         status = state.StatusFile(state_path / "vm-status.json", VMStatus(), VMStatus.to_json, VMStatus.from_json)
@@ -637,6 +665,24 @@ class VM:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._console_waiters.append((needle, waiter))
         await asyncio.wait_for(waiter, timeout)
+
+    # -- resources ---------------------------------------------------------------------------------
+    async def pin(self, cpuset: str) -> PinReport:
+        """Pin QEMU's threads to ``cpuset`` ("0-3,6"; the policy is in ``qmprt.vm.pinning``).
+
+        Call it after start, after adoption and when the cpuset changes; a thread already where it
+        belongs is left alone, so pinning twice to the same cpuset changes nothing. ``seconds`` in the
+        report includes the QMP round trip.
+        """
+        begin = time.monotonic()
+        cpus = parse_cpuset(cpuset)
+        pid = self.status.pid
+        if self.monitor is None or pid is None or self.status.state == VMState.EXITED:
+            raise FailedPrecondition(f"VM {self.vm_id} is {self.status.state.value}: it has no threads to pin")
+        vcpus = await self.monitor.query_vcpus()
+        report = dataclasses.replace(pin_threads(pid, vcpus, cpus), seconds=time.monotonic() - begin)
+        log.info("VM %s pinned: %s", self.vm_id, report.summary())
+        return report
 
     # -- stop --------------------------------------------------------------------------------------
     async def stop(self, grace: float, allow: ShutdownStep = ShutdownStep.KILL) -> ShutdownStep:

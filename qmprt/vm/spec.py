@@ -3,6 +3,10 @@
 ``VMSpec`` is the description of one emulator process: machine, accelerator, CPUs, memory and the
 devices. It is pure data; file descriptors in it are the numbers QEMU will see (qmprt passes them with
 ``pass_fds`` and keeps the numbers). ``argv()`` is golden-tested.
+
+Guest RAM comes from explicit memory backends: with one backend and no NUMA nodes it is the machine's
+``memory-backend``; with guest NUMA nodes each node names its backend (``memdev``) and the backends
+together hold all of ``memory_mib``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from qmprt.vm.devices import KernelBoot, Transport, keyval_escape
+from qmprt.vm.devices import KernelBoot, MemoryBackend, NumaNode, Transport, keyval_escape
 
 MachineType = Literal["q35", "microvm"]
 Accelerator = Literal["kvm", "tcg"]
@@ -36,6 +40,8 @@ class VMSpec:
     tcg_tb_size_mib: int | None = None
     panic_action: Literal["shutdown", "exit-failure", "pause", "none"] = "exit-failure"
     start_paused: bool = False
+    memory_backends: tuple[MemoryBackend, ...] = ()
+    numa_nodes: tuple[NumaNode, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cpus < 1:
@@ -44,6 +50,28 @@ class VMSpec:
             raise ValueError(f"{self.memory_mib} MiB is too little memory for a VM")
         if self.machine == "microvm" and self.kernel is None:
             raise ValueError("microvm has no firmware that boots a disk: it needs a kernel")
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        if not self.memory_backends:
+            if self.numa_nodes:
+                raise ValueError("guest NUMA nodes need memory backends")
+            return
+        total = sum(backend.size_mib for backend in self.memory_backends)
+        if total != self.memory_mib:
+            raise ValueError(f"the memory backends hold {total} MiB, the VM has {self.memory_mib} MiB")
+        if not self.numa_nodes:
+            if len(self.memory_backends) != 1:
+                raise ValueError("without guest NUMA nodes the VM's RAM is exactly one memory backend")
+            return
+        if self.machine == "microvm":
+            raise ValueError("microvm gives the guest no NUMA topology (it has no SRAT table)")
+        memdevs = sorted(node.memdev for node in self.numa_nodes)
+        if memdevs != sorted(backend.id for backend in self.memory_backends):
+            raise ValueError("each memory backend must belong to exactly one guest NUMA node")
+        covered = sorted(cpu for node in self.numa_nodes for cpu in range(node.first_cpu, node.last_cpu + 1))
+        if covered != list(range(self.cpus)):
+            raise ValueError(f"the guest NUMA nodes must hold each of the {self.cpus} vCPUs exactly once")
 
     @property
     def transport(self) -> Transport:
@@ -56,6 +84,8 @@ class VMSpec:
             machine = "microvm,acpi=on,isa-serial=on,rtc=on,pit=on,pic=off"
         else:
             machine = "q35"
+        if self.memory_backends and not self.numa_nodes:
+            machine += f",memory-backend={self.memory_backends[0].id}"
         accel: str = self.accel
         if self.accel == "tcg" and self.tcg_tb_size_mib is not None:
             accel += f",tb-size={self.tcg_tb_size_mib}"
@@ -75,8 +105,12 @@ class VMSpec:
         argv += [
             "-smp", str(self.cpus),
             "-m", f"{self.memory_mib}M",
-            "-action", f"panic={self.panic_action}",
         ]
+        for backend in self.memory_backends:
+            argv += backend.args()
+        for node in self.numa_nodes:
+            argv += node.args()
+        argv += ["-action", f"panic={self.panic_action}"]
         if self.kernel is not None:
             argv += self.kernel.args()
         for device in self.devices:

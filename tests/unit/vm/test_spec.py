@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from qmprt.vm.devices import Blockdev, KernelBoot, Transport, VirtioBlk
+from qmprt.vm.devices import Blockdev, KernelBoot, MemoryBackend, NumaNode, Transport, VirtioBalloon, VirtioBlk
 from qmprt.vm.machine import DiskConfig, VM, VMConfig
+from qmprt.vm.numa import HugepageConfig
 from qmprt.vm.spec import VMSpec
 
 FDS = {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6}
@@ -24,6 +25,15 @@ MONITORS_AND_CONSOLE = [
     "-mon", "chardev=qmp-shell,mode=control",
     "-chardev", "socket,id=console,fd=6,server=on,wait=off,logfile=/s/console.raw,logappend=on",
     "-serial", "chardev:console",
+]
+# What follows the disks of every q35 guest.
+Q35_DEVICE_TAIL = [
+    "-device", '{"driver":"virtio-serial-pci","id":"vser0"}',
+    "-chardev", "socket,id=qga,fd=5,server=on,wait=off",
+    "-device", '{"driver":"virtserialport","id":"qga-port","bus":"vser0.0","chardev":"qga","name":"org.qemu.guest_agent.0"}',
+    "-device", '{"driver":"virtio-rng-pci","id":"rng0"}',
+    "-device", '{"driver":"virtio-balloon-pci","id":"balloon0","deflate-on-oom":true,"free-page-reporting":true}',
+    "-device", '{"driver":"pvpanic"}',
 ]
 
 
@@ -46,18 +56,16 @@ def test_q35_disk_boot_argv() -> None:
     )
     argv = VM.render(config, FDS, "/s/console.raw").argv()
     expected = COMMON_HEAD + [
-        "-machine", "q35", "-accel", "tcg",
-        "-smp", "2", "-m", "256M", "-action", "panic=exit-failure",
+        "-machine", "q35,memory-backend=mem0", "-accel", "tcg",
+        "-smp", "2", "-m", "256M",
+        "-object", '{"qom-type":"memory-backend-ram","id":"mem0","size":268435456}',
+        "-action", "panic=exit-failure",
         *MONITORS_AND_CONSOLE,
         *_disk_args("root", "/s/overlay.qcow2", "qcow2", False,
                     {"driver": "virtio-blk-pci", "id": "blk-root", "drive": "root", "bootindex": 0}),
         *_disk_args("seed", "/s/seed.iso", "raw", True,
                     {"driver": "virtio-blk-pci", "id": "blk-seed", "drive": "seed", "serial": "cidata"}),
-        "-device", '{"driver":"virtio-serial-pci","id":"vser0"}',
-        "-chardev", "socket,id=qga,fd=5,server=on,wait=off",
-        "-device", '{"driver":"virtserialport","id":"qga-port","bus":"vser0.0","chardev":"qga","name":"org.qemu.guest_agent.0"}',
-        "-device", '{"driver":"virtio-rng-pci","id":"rng0"}',
-        "-device", '{"driver":"pvpanic"}',
+        *Q35_DEVICE_TAIL,
     ]
     assert argv == expected
 
@@ -72,8 +80,11 @@ def test_microvm_direct_kernel_argv() -> None:
     )
     argv = VM.render(config, FDS, "/s/console.raw").argv()
     expected = COMMON_HEAD + [
-        "-machine", "microvm,acpi=on,isa-serial=on,rtc=on,pit=on,pic=off", "-accel", "tcg,tb-size=64",
-        "-smp", "1", "-m", "128M", "-action", "panic=exit-failure",
+        "-machine", "microvm,acpi=on,isa-serial=on,rtc=on,pit=on,pic=off,memory-backend=mem0",
+        "-accel", "tcg,tb-size=64",
+        "-smp", "1", "-m", "128M",
+        "-object", '{"qom-type":"memory-backend-ram","id":"mem0","size":134217728}',
+        "-action", "panic=exit-failure",
         "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd.img", "-append", "console=ttyS0 root=/dev/vda1",
         *MONITORS_AND_CONSOLE,
         *_disk_args("root", "/s/overlay.qcow2", "qcow2", False,
@@ -82,6 +93,7 @@ def test_microvm_direct_kernel_argv() -> None:
         "-chardev", "socket,id=qga,fd=5,server=on,wait=off",
         "-device", '{"driver":"virtserialport","id":"qga-port","bus":"vser0.0","chardev":"qga","name":"org.qemu.guest_agent.0"}',
         "-device", '{"driver":"virtio-rng-device","id":"rng0"}',
+        "-device", '{"driver":"virtio-balloon-device","id":"balloon0","deflate-on-oom":true,"free-page-reporting":true}',
         "-device", '{"driver":"pvpanic"}',
     ]
     assert argv == expected
@@ -112,8 +124,16 @@ def test_hotplug_arguments_match_the_command_line() -> None:
         ({"cpus": 0}, "at least one vCPU"),
         ({"memory_mib": 8}, "too little memory"),
         ({"machine": "microvm"}, "needs a kernel"),
+        ({"memory_backends": (MemoryBackend("mem0", 64),)}, "hold 64 MiB"),
+        ({"memory_backends": (MemoryBackend("mem0", 64), MemoryBackend("mem1", 64))}, "exactly one memory backend"),
+        ({"numa_nodes": (NumaNode(0, 0, 0, "mem0"),)}, "need memory backends"),
+        ({"cpus": 2, "memory_backends": (MemoryBackend("mem0", 64), MemoryBackend("mem1", 64)),
+          "numa_nodes": (NumaNode(0, 0, 0, "mem0"), NumaNode(1, 0, 0, "mem1"))}, "exactly once"),
+        ({"cpus": 2, "memory_backends": (MemoryBackend("mem0", 64), MemoryBackend("mem1", 64)),
+          "numa_nodes": (NumaNode(0, 0, 0, "mem0"), NumaNode(1, 1, 1, "mem0"))}, "exactly one guest NUMA node"),
     ],
-    ids=["no-cpus", "tiny-memory", "microvm-without-kernel"],
+    ids=["no-cpus", "tiny-memory", "microvm-without-kernel", "backend-sizes-disagree", "two-backends-no-nodes",
+         "nodes-without-backends", "vcpu-twice", "backend-twice"],
 )
 def test_spec_rejects_nonsense(kwargs: dict[str, object], message: str) -> None:
     base: dict[str, object] = {"name": "x", "machine": "q35", "accel": "tcg", "cpus": 1, "memory_mib": 128}
@@ -130,3 +150,83 @@ def test_config_json_round_trip() -> None:
         extra_disks=(DiskConfig("/d.raw", "raw", serial="data0"),),
     )
     assert VMConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def _direct_boot(**fields: object) -> VMConfig:
+    return VMConfig(
+        vm_id="ctr1",
+        root_disk=DiskConfig("/s/overlay.qcow2", "qcow2"),
+        kernel=KernelBoot("/img/vmlinuz", "/img/initrd.img", ("console=ttyS0",)),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _q35_direct_argv(machine: str, cpus: int, memory_mib: int, memory: list[str]) -> list[str]:
+    """The whole argv of a q35 guest booting its kernel directly, around its memory fragment."""
+    return COMMON_HEAD + [
+        "-machine", machine, "-accel", "tcg",
+        "-smp", str(cpus), "-m", f"{memory_mib}M",
+        *memory,
+        "-action", "panic=exit-failure",
+        "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd.img", "-append", "console=ttyS0",
+        *MONITORS_AND_CONSOLE,
+        *_disk_args("root", "/s/overlay.qcow2", "qcow2", False,
+                    {"driver": "virtio-blk-pci", "id": "blk-root", "drive": "root"}),
+        *Q35_DEVICE_TAIL,
+    ]
+
+
+def test_two_node_guest_topology_argv() -> None:
+    config = _direct_boot(cpus=2, memory_mib=512, host_nodes=(0,), guest_numa_nodes=2)
+    assert VM.render(config, FDS, "/s/console.raw").argv() == _q35_direct_argv("q35", 2, 512, [
+        "-object", '{"qom-type":"memory-backend-ram","id":"mem0","size":268435456,"host-nodes":[0],"policy":"bind"}',
+        "-object", '{"qom-type":"memory-backend-ram","id":"mem1","size":268435456,"host-nodes":[0],"policy":"bind"}',
+        "-numa", "node,nodeid=0,cpus=0,memdev=mem0",
+        "-numa", "node,nodeid=1,cpus=1,memdev=mem1",
+    ])
+
+
+def test_hugepage_backed_guest_argv() -> None:
+    config = _direct_boot(cpus=2, memory_mib=256, host_nodes=(0,), hugepages=HugepageConfig(mount="/dev/hugepages"))
+    assert VM.render(config, FDS, "/s/console.raw").argv() == _q35_direct_argv("q35,memory-backend=mem0", 2, 256, [
+        "-object", '{"qom-type":"memory-backend-file","id":"mem0","size":268435456,"mem-path":"/dev/hugepages",'
+                   '"share":false,"prealloc":true,"host-nodes":[0],"policy":"bind"}',
+    ])
+
+
+@pytest.mark.parametrize(
+    ("fields", "backend"),
+    [
+        ({"shared_memory": True},
+         '{"qom-type":"memory-backend-memfd","id":"mem0","size":134217728,"share":true}'),
+        ({"shared_memory": True, "hugepages": HugepageConfig(mount="/hp")},
+         '{"qom-type":"memory-backend-file","id":"mem0","size":134217728,"mem-path":"/hp",'
+         '"share":true,"prealloc":true}'),
+        ({"host_nodes": (0, 1)},
+         '{"qom-type":"memory-backend-ram","id":"mem0","size":134217728,"host-nodes":[0,1],"policy":"bind"}'),
+    ],
+    ids=["memfd-shared", "hugepages-shared", "two-host-nodes"],
+)
+def test_memory_backend_kinds(fields: dict[str, object], backend: str) -> None:
+    argv = VM.render(_direct_boot(**fields), FDS, "/s/console.raw").argv()
+    assert argv[argv.index("-object") + 1] == backend
+    assert argv[argv.index("-machine") + 1] == "q35,memory-backend=mem0"
+
+
+def test_balloon_and_memory_backend_qmp_arguments_match_the_command_line() -> None:
+    balloon = VirtioBalloon("balloon0", Transport.PCI)
+    assert json.loads(balloon.args()[1]) == balloon.qmp_args()
+    backend = MemoryBackend("mem9", 64, host_nodes=(0,))
+    assert json.loads(backend.args()[1]) == backend.qmp_args()
+
+
+def test_config_json_round_trip_keeps_the_memory_layout() -> None:
+    config = _direct_boot(
+        cpus=2, memory_mib=512, host_nodes=(0, 1), guest_numa_nodes=2,
+        hugepages=HugepageConfig(page_size_kib=2048, mount="/hp", prealloc=False), shared_memory=True,
+    )
+    assert VMConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    old_document = _direct_boot().to_json()
+    for name in ("host_nodes", "guest_numa_nodes", "hugepages", "shared_memory"):
+        del old_document[name]
+    assert VMConfig.from_json(old_document) == _direct_boot()  # a VM started before these fields existed
