@@ -25,6 +25,7 @@ exponent (``5e9``). A fractional byte count rounds up, as Kubernetes' ``Quantity
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,9 +35,13 @@ from qmprt.errors import InvalidArgument
 
 PREFIX = "qmprt.io/"
 ROOT_VOLUME_SIZE = PREFIX + "root-volume-size"
+VCPUS = PREFIX + "vcpus"
+NUMA_NODES = PREFIX + "numa-nodes"
 
 KNOWN_KEYS: Mapping[str, str] = {
     ROOT_VOLUME_SIZE: "the container's root disk size, a Kubernetes quantity (10Gi, 512Mi, 20G or bytes)",
+    VCPUS: "a vCPU count below the CPU limit's (a positive integer)",
+    NUMA_NODES: "the guest's NUMA node count (a positive integer, at most the vCPU count)",
 }
 
 QUANTITY_FORMS = "plain bytes (1073741824), a binary suffix Ki Mi Gi Ti Pi Ei (10Gi), a decimal suffix k M G T P E (20G)"
@@ -59,6 +64,27 @@ class QmprtAnnotations:
 
     root_volume_size_bytes: int | None = None
     root_volume_size: str = ""  # as written, for messages
+    vcpus: int | None = None
+    numa_nodes: int = 1
+
+    def vcpu_count(self, granted: int) -> int:
+        """The vCPUs to boot: the annotation may ask for fewer than the resources grant, never more."""
+        if self.vcpus is None:
+            return granted
+        if self.vcpus > granted:
+            raise InvalidArgument(
+                f"annotation {VCPUS}={self.vcpus} asks for more vCPUs than the container's CPU limit grants "
+                f"({granted}); raise the limit instead"
+            )
+        return self.vcpus
+
+    def guest_numa_nodes(self, vcpus: int) -> int:
+        if self.numa_nodes > vcpus:
+            raise InvalidArgument(
+                f"annotation {NUMA_NODES}={self.numa_nodes}: a guest NUMA node needs at least one vCPU, "
+                f"and this VM has {vcpus}"
+            )
+        return self.numa_nodes
 
     def check_root_volume(self, image_virtual_size: int, max_bytes: int) -> int:
         """The root disk size, refused when smaller than the image or above the limit."""
@@ -111,13 +137,26 @@ def parse_annotations(container: Mapping[str, str], sandbox: Mapping[str, str]) 
     _check_keys(sandbox, "sandbox")
     _check_keys(container, "container")
     merged = {**sandbox, **container}
+    parsed = QmprtAnnotations(
+        vcpus=_positive_int(merged, VCPUS),
+        numa_nodes=_positive_int(merged, NUMA_NODES) or 1,
+    )
     size_text = merged.get(ROOT_VOLUME_SIZE)
     if size_text is None:
-        return QmprtAnnotations()
+        return parsed
     try:
         size = parse_quantity(size_text)
     except ValueError as err:
         raise InvalidArgument(f"annotation {ROOT_VOLUME_SIZE}: {err}; give {QUANTITY_FORMS}") from err
     if size <= 0:
         raise InvalidArgument(f"annotation {ROOT_VOLUME_SIZE}: {size_text!r} is not a positive size")
-    return QmprtAnnotations(root_volume_size_bytes=size, root_volume_size=size_text)
+    return dataclasses.replace(parsed, root_volume_size_bytes=size, root_volume_size=size_text)
+
+
+def _positive_int(annotations: Mapping[str, str], key: str) -> int | None:
+    text = annotations.get(key)
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,4}", text.strip()) or int(text) < 1:
+        raise InvalidArgument(f"annotation {key}={text!r}: give a positive whole number, e.g. \"2\"")
+    return int(text)

@@ -10,6 +10,7 @@ from qmprt.errors import InvalidArgument
 from qmprt.pod.model import ContainerSpec, SandboxSpec
 from qmprt.pod.records import ContainerRecord
 from qmprt.vm.machine import DiskConfig, VMConfig
+from qmprt.vm.numa import HugepageConfig
 from qmprt.vm.spec import Accelerator
 
 OVERLAY_FILE = "overlay.qcow2"
@@ -52,6 +53,9 @@ def vm_config(container_id: str, directory: Path, record: ContainerRecord, confi
         accel=accel,
         cpus=record.vcpus,
         memory_mib=record.guest_memory_mib,
+        host_nodes=record.host_nodes,
+        guest_numa_nodes=record.guest_numa_nodes,
+        hugepages=HugepageConfig(page_size_kib=record.hugepage_page_kib) if record.hugepage_page_kib else None,
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,
     )

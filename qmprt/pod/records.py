@@ -84,13 +84,22 @@ class ContainerRecord:
     vcpus: int
     guest_memory_mib: int
     cgroup_memory_bytes: int | None
+    host_nodes: tuple[int, ...] = ()  # cpuset_mems: guest RAM bound to these host NUMA nodes
+    guest_numa_nodes: int = 1
+    hugepage_page_kib: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "spec": self.spec.to_json()}
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> ContainerRecord:
-        return cls(**{**document, "spec": ContainerSpec.from_json(document["spec"])})
+        return cls(
+            **{
+                **document,
+                "spec": ContainerSpec.from_json(document["spec"]),
+                "host_nodes": tuple(document.get("host_nodes", ())),
+            }
+        )
 
 
 class Container:

@@ -112,4 +112,8 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
         return "exited"
     if status.state == ContainerState.CREATED:
         container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
+    try:
+        await runtime.pin(container)  # threads created while qmprt was away inherit any affinity
+    except QmprtError as err:
+        log.warning("container %s: re-pinning after adoption failed: %s", container.id[:12], err)
     return "adopted"

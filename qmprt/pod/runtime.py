@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from qmprt import cgroups, state
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, VMError
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, VMError
 from qmprt.image.overlay import create_overlay
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
@@ -43,6 +43,8 @@ from qmprt.vm import accel as accel_module
 from qmprt.vm.agent import ExecResult
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM, VMState
+from qmprt.vm.numa import check_host
+from qmprt.vm.pinning import format_id_list, parse_cpuset, parse_id_list
 
 if TYPE_CHECKING:
     from qmprt.image import ImageStore
@@ -53,6 +55,7 @@ T = TypeVar("T", Sandbox, Container)
 LIVE_STATES = (ContainerState.CREATED, ContainerState.RUNNING)
 CNI_CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 FORCED_STOP_GRACE = 0.0
+BALLOON_WAIT_SECONDS = 10.0
 
 
 def _lookup(objects: Mapping[str, T], object_id: str, kind: str) -> T:
@@ -294,6 +297,11 @@ class Runtime:
             size = size_vm(
                 spec.resources, self.config.vm.cpus, self.config.vm.memory_mib, self.overhead_mib(sandbox)
             )
+            vcpus = requested.vcpu_count(size.vcpus)
+            resources = spec.resources or Resources()
+            if resources.cpuset_cpus:
+                parse_cpuset(resources.cpuset_cpus)
+            host_nodes = parse_id_list(resources.cpuset_mems, "NUMA node") if resources.cpuset_mems else ()
             container_id = secrets.token_hex(32)
             self._container_names[name_key] = container_id
             async with contextlib.AsyncExitStack() as undo:
@@ -314,10 +322,15 @@ class Runtime:
                     image_format=image.format,
                     log_path=os.path.join(sandbox.spec.log_directory, spec.log_path) if spec.log_path else "",
                     cgroup_path=f"{self.sandbox_cgroup_path(sandbox)}/qmprt-{container_id[:16]}",
-                    vcpus=size.vcpus,
+                    vcpus=vcpus,
                     guest_memory_mib=size.guest_memory_mib,
                     cgroup_memory_bytes=size.cgroup_memory_bytes,
+                    host_nodes=host_nodes,
+                    guest_numa_nodes=requested.guest_numa_nodes(vcpus),
+                    hugepage_page_kib=size.hugepage_page_kib,
                 )
+                # A layout this VM type or host cannot give is refused now, not at start.
+                check_host(guest.vm_config(container_id, directory, record, self.config, self.accel.accel).memory_plan())
                 container = Container.create(
                     container_id, directory, record, ContainerStatus(ContainerState.CREATED, time.time_ns())
                 )
@@ -423,7 +436,16 @@ class Runtime:
                 raise
             self.attach_vm(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
+            await self.pin(container)
         log.info("container %s started (pid %s)", container.id[:12], vm.status.pid)
+
+    async def pin(self, container: Container, cpuset: str | None = None) -> None:
+        """Pin the VM's threads to ``cpuset`` (default: the container's ``cpuset_cpus``, if any)."""
+        cpuset = cpuset or (container.spec.resources or Resources()).cpuset_cpus
+        if not cpuset or container.vm is None:
+            return
+        report = await container.vm.pin(cpuset)
+        log.info("container %s: %s (%.1f ms)", container.id[:12], report.summary(), report.seconds * 1000)
 
     def attach_vm(
         self, container: Container, vm: VM, log_writer: CRILogWriter | None, cgroup: cgroups.Cgroup | None
@@ -510,11 +532,11 @@ class Runtime:
         if cgroup is None or vm.monitor is None:
             raise FailedPrecondition(f"container {container.id[:12]} has no cgroup or monitor")
         if resources.cpu_quota > 0 and resources.cpu_period > 0:
-            wanted = -(-resources.cpu_quota // resources.cpu_period)
-            if wanted > container.record.vcpus:
+            wanted_vcpus = -(-resources.cpu_quota // resources.cpu_period)
+            if wanted_vcpus > container.record.vcpus:
                 raise FailedPrecondition(
                     f"the VM of container {container.id[:12]} has {container.record.vcpus} vCPUs, fixed when it "
-                    f"started; a quota for {wanted} CPUs needs the pod to be recreated"
+                    f"started; a quota for {wanted_vcpus} CPUs needs the pod to be recreated"
                 )
         sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
         balloon_target: int | None = None
@@ -530,7 +552,6 @@ class Runtime:
             cpu_quota_us=resources.cpu_quota if resources.cpu_quota else None,
             cpu_period_us=resources.cpu_period or None,
             cpu_shares=resources.cpu_shares or None,
-            cpuset_cpus=resources.cpuset_cpus or None,
             cpuset_mems=resources.cpuset_mems or None,
         )
         memory_limit = cgroups.CgroupLimits(memory_bytes=resources.memory_limit_in_bytes or None)
@@ -544,6 +565,14 @@ class Runtime:
             if resources.memory_limit_in_bytes and not growing:
                 cgroup.set_limits(memory_limit)
             cgroup.set_limits(limits)
+            if resources.cpuset_cpus:
+                # The threads may only move within the cgroup's cpuset: widen it, pin, then narrow it.
+                new_cpus = parse_cpuset(resources.cpuset_cpus)
+                old_cpuset = cgroup.read_limits().cpuset_cpus
+                both = set(new_cpus) | set(parse_cpuset(old_cpuset) if old_cpuset else ())
+                cgroup.set_limits(cgroups.CgroupLimits(cpuset_cpus=format_id_list(both)))
+                await self.pin(container, resources.cpuset_cpus)
+                cgroup.set_limits(cgroups.CgroupLimits(cpuset_cpus=resources.cpuset_cpus))
         except (ValueError, cgroups.CgroupError) as err:
             raise InvalidArgument(f"container resources cannot be applied: {err}") from err
         log.info("container %s: resources updated (%s)", container.id[:12], resources)
@@ -560,8 +589,20 @@ class Runtime:
                     "cannot shrink while it runs"
                 ) from err
             return
-        if current != target_bytes:
-            await vm.monitor.execute("balloon", {"value": target_bytes})
+        if current == target_bytes:
+            return
+        await vm.monitor.execute("balloon", {"value": target_bytes})
+        if target_bytes > current:
+            return
+        # Lower the cgroup limit only once the guest has given the memory back.
+        deadline = time.monotonic() + BALLOON_WAIT_SECONDS
+        while int((await vm.monitor.execute("query-balloon"))["actual"]) > target_bytes + (1 << 20):
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"the guest of container {container.id[:12]} did not release memory down to "
+                    f"{target_bytes >> 20} MiB within {BALLOON_WAIT_SECONDS:.0f} s; the memory limit is unchanged"
+                )
+            await asyncio.sleep(0.05)
 
     # -- stats ----------------------------------------------------------------------------------------------
     def container_stats(self, container_id: str) -> ContainerStatsInfo:

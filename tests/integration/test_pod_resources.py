@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from qmprt.pod.states import ContainerState
 from .pods import container_spec, open_runtime, sandbox_spec, wait_for_log
 
 MIB = 1 << 20
+
+
+def allowed_cpus(pid: int, thread_id: int) -> str:
+    status = Path(f"/proc/{pid}/task/{thread_id}/status").read_text()
+    return re.search(r"Cpus_allowed_list:\s*(\S+)", status).group(1)  # type: ignore[union-attr]
 
 
 async def guest_memtotal_mib(runtime, container_id: str) -> int:
@@ -32,7 +38,7 @@ async def test_resources_become_guest_size_and_cgroup_limits(tiny, tmp_path, run
     overhead = runtime.config.vm.memory_overhead_mib
     resources = Resources(
         cpu_quota=150_000, cpu_period=100_000, cpu_shares=512,
-        memory_limit_in_bytes=(256 + overhead) * MIB, cpuset_cpus="0-1",
+        memory_limit_in_bytes=(256 + overhead) * MIB, cpuset_cpus="0-1", cpuset_mems="0",
     )
     sandbox_id = await runtime.run_sandbox(sandbox_spec(tmp_path))
     container_id = await runtime.create_container(sandbox_id, container_spec(resources=resources))
@@ -54,6 +60,14 @@ async def test_resources_become_guest_size_and_cgroup_limits(tiny, tmp_path, run
     assert limits.pids_max == runtime.config.cgroups.pids_max
     assert limits.cpuset_cpus == "0-1"
 
+    # cpuset_cpus with as many CPUs as vCPUs: vCPU i on CPU i; cpuset_mems binds guest RAM.
+    vm = container.vm
+    assert vm.monitor is not None and vm.status.pid is not None
+    vcpus = await vm.monitor.query_vcpus()
+    assert {cpu.index: allowed_cpus(vm.status.pid, cpu.thread_id) for cpu in vcpus} == {0: "0", 1: "1"}
+    memdevs = await vm.monitor.execute("query-memdev")
+    assert [(m["host-nodes"], m["policy"]) for m in memdevs] == [([0], "bind")]
+
     # Live updates: CPU limits move; memory may grow; the vCPU count and a too-small limit are refused.
     await runtime.update_resources(container_id, Resources(cpu_quota=80_000, cpu_period=100_000, cpu_shares=256))
     limits = container.cgroup.read_limits()
@@ -65,6 +79,18 @@ async def test_resources_become_guest_size_and_cgroup_limits(tiny, tmp_path, run
     with pytest.raises(InvalidArgument, match="cannot hold"):
         await runtime.update_resources(container_id, Resources(memory_limit_in_bytes=100 * MIB))
     assert container.cgroup.read_limits().memory_bytes == (300 + overhead) * MIB
+
+    # Shrinking goes through the balloon first; the cgroup limit follows.
+    await runtime.update_resources(container_id, Resources(memory_limit_in_bytes=(192 + overhead) * MIB))
+    balloon = await vm.monitor.execute("query-balloon")
+    assert balloon["actual"] == 192 * MIB
+    assert container.cgroup.read_limits().memory_bytes == (192 + overhead) * MIB
+
+    # A new cpuset moves every thread (the cgroup's cpuset follows).
+    await runtime.update_resources(container_id, Resources(cpuset_cpus="1"))
+    tasks = [int(t) for t in os.listdir(f"/proc/{vm.status.pid}/task")]
+    assert {allowed_cpus(vm.status.pid, t) for t in tasks} == {"1"}
+    assert container.cgroup.read_limits().cpuset_cpus == "1"
 
     stats = runtime.container_stats(container_id)
     assert stats.memory_working_set_bytes and stats.memory_working_set_bytes < (300 + overhead) * MIB

@@ -101,9 +101,16 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
         ({"envs": (("1BAD-NAME", "x"),)}, InvalidArgument, "1BAD-NAME"),
         ({"image": "nonexistent"}, NotFound, "pull it first"),
         ({"image": ""}, InvalidArgument, "image"),
+        ({"annotations": {"qmprt.io/vcpus": "3"}}, InvalidArgument, "more vCPUs"),
+        ({"annotations": {"qmprt.io/numa-nodes": "2"}}, InvalidArgument, "NUMA node needs"),
+        ({"annotations": {"qmprt.io/vcpu": "1"}}, InvalidArgument, "unknown container annotation"),
+        ({"resources": Resources(cpuset_cpus="0-x")}, InvalidArgument, "'0-x' is neither a number nor a range"),
+        ({"resources": Resources(cpuset_mems="7")}, InvalidArgument, "node"),
+        ({"resources": Resources(hugepage_limits=(("3MB", 128 << 20),))}, InvalidArgument, "hugepage size"),
     ],
     ids=["log-path-escape", "log-path-absolute", "absurd-memory", "memory-below-overhead", "bad-env-name",
-         "unknown-image", "no-image"],
+         "unknown-image", "no-image", "more-vcpus-than-granted", "numa-nodes-without-vcpus", "annotation-typo",
+         "bad-cpuset", "absent-numa-node", "bad-hugepage-size"],
 )
 async def test_bad_container_requests_leave_nothing(tiny, tmp_path, runtime_dirs, runtimes, changes, error, message) -> None:
     state_dir, run_dir, cni_dir = runtime_dirs

@@ -93,3 +93,30 @@ def test_root_volume_against_the_image_and_the_limit() -> None:
     with pytest.raises(InvalidArgument, match=r"above the limit .*max_virtual_size_bytes") as absurd:
         parse_annotations({ROOT_VOLUME_SIZE: "1Ei"}, {}).check_root_volume(Gi, 256 * Gi)
     assert ROOT_VOLUME_SIZE in str(absurd.value)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "granted", "expected"),
+    [({}, 2, (2, 1)), ({"qmprt.io/vcpus": "1"}, 2, (1, 1)), ({"qmprt.io/numa-nodes": "2"}, 2, (2, 2))],
+    ids=["defaults", "fewer-vcpus", "two-numa-nodes"],
+)
+def test_vcpus_and_numa_nodes(annotations, granted, expected) -> None:
+    parsed = parse_annotations(annotations, {})
+    vcpus = parsed.vcpu_count(granted)
+    assert (vcpus, parsed.guest_numa_nodes(vcpus)) == expected
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [({"qmprt.io/vcpus": "0"}, "positive whole number"), ({"qmprt.io/vcpus": "1.5"}, "positive whole number"),
+     ({"qmprt.io/numa-nodes": "-1"}, "positive whole number")],
+    ids=["zero", "fraction", "negative"],
+)
+def test_bad_counts(annotations, message) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        parse_annotations(annotations, {})
+
+
+def test_more_vcpus_than_granted_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="more vCPUs"):
+        parse_annotations({"qmprt.io/vcpus": "4"}, {}).vcpu_count(2)

@@ -35,3 +35,11 @@ def test_size(resources, expected) -> None:
 def test_absurd_resources(resources, message) -> None:
     with pytest.raises(InvalidArgument, match=message):
         size_vm(resources, 1, 128, 160, HOST)
+
+
+def test_hugepages_back_guest_ram() -> None:
+    resources = Resources(hugepage_limits=(("2MB", 256 * MIB),), memory_limit_in_bytes=200 * MIB)
+    size = size_vm(resources, 1, 128, 160, HOST)
+    assert (size.guest_memory_mib, size.cgroup_memory_bytes, size.hugepage_page_kib) == (256, 200 * MIB, 2048)
+    with pytest.raises(InvalidArgument, match="overhead"):
+        size_vm(Resources(hugepage_limits=(("2MB", 256 * MIB),), memory_limit_in_bytes=100 * MIB), 1, 128, 160, HOST)
