@@ -7,7 +7,12 @@ guest N times through ``qmprt.vm.VM.start`` and reports medians of:
 - pre-exec: VM.start's work until QEMU is exec'd (sockets, argv, state files, cgroup, fork+exec)
 - boot:     from QEMU's exec to the guest's ready marker on the console (console pump polls every 20 ms)
 - total:    prepare + pre-exec + boot
-and QEMU's RSS once the guest is up (128 MiB guest). Output: a table, and JSON with --json FILE.
+and QEMU's RSS once the guest is up (128 MiB guest).
+
+Then, for guests of --memory sizes (q35, direct kernel boot): QEMU's RSS, the part of it that is guest
+RAM the guest touched (the RSS of the guest-RAM mapping in /proc/PID/smaps), the difference (the
+per-VM host overhead), and the time ``VM.pin`` takes to pin every QEMU thread to a cpuset.
+Output: tables, and JSON with --json FILE.
 """
 
 from __future__ import annotations
@@ -69,7 +74,47 @@ async def one_boot(mode: str, index: int, work: Path, run_root: Path, driver: cg
     }
 
 
-async def run(runs: int, modes: list[str]) -> dict[str, object]:
+def guest_ram_rss(pid: int, guest_bytes: int) -> int:
+    """RSS of the anonymous mapping that holds guest RAM (the one whose size is the guest's RAM)."""
+    size_kib = guest_bytes // 1024
+    rss = 0
+    current_size = None
+    for line in open(f"/proc/{pid}/smaps"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            current_size = None
+        elif line.startswith("Size:"):
+            current_size = int(line.split()[1])
+        elif line.startswith("Rss:") and current_size == size_kib:
+            rss = max(rss, int(line.split()[1]) * 1024)
+    return rss
+
+
+async def overhead_for(memory_mib: int, index: int, work: Path, run_root: Path, driver: cgroups.CgroupDriver, accel_name: str) -> dict[str, float]:
+    guest = tiny_guest()
+    vm_id = f"bench-mem-{memory_mib}-{index}"
+    state_dir = work / vm_id
+    config = vm_config(guest, state_dir, vm_id, "q35-direct", SeedSpec(instance_id=vm_id, hostname=vm_id), memory_mib=memory_mib)
+    config = type(config)(**{**config.__dict__, "accel": accel_name})
+    cgroup = driver.create(f"qmprt-bench-{os.getpid()}/{vm_id}")
+    vm = await VM.start(config, state_dir, run_root / vm_id, cgroup=cgroup)
+    try:
+        await vm.wait_for_console(guest.ready_marker, 120)
+        report = await vm.pin(f"0-{(os.cpu_count() or 1) - 1}")
+        await asyncio.sleep(1.0)
+        assert vm.status.pid is not None
+        rss = psutil.Process(vm.status.pid).memory_info().rss
+        guest_rss = guest_ram_rss(vm.status.pid, memory_mib << 20)
+    finally:
+        await vm.stop(grace=0)
+    return {
+        "rss_mib": rss / (1 << 20),
+        "guest_touched_mib": guest_rss / (1 << 20),
+        "overhead_mib": (rss - guest_rss) / (1 << 20),
+        "pin_ms": report.seconds * 1000,
+    }
+
+
+async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None) -> dict[str, object]:
     choice = accel.detect()
     driver = cgroups.detect()
     work = Path(tempfile.mkdtemp(prefix="qmprt-bench-"))
@@ -82,6 +127,10 @@ async def run(runs: int, modes: list[str]) -> dict[str, object]:
                 key: {"median": statistics.median(s[key] for s in samples), "p95": percentile([s[key] for s in samples], 0.95)}
                 for key in samples[0]
             }
+        overheads = {}
+        for memory_mib in memory_sizes or []:
+            samples = [await overhead_for(memory_mib, i, work, run_root, driver, choice.accel) for i in range(max(1, runs // 2))]
+            overheads[str(memory_mib)] = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(run_root, ignore_errors=True)
@@ -96,6 +145,7 @@ async def run(runs: int, modes: list[str]) -> dict[str, object]:
         "machine": f"{platform.node()} {os.cpu_count()} CPUs {psutil.virtual_memory().total >> 30} GiB",
         "runs": runs,
         "modes": results,
+        "memory": overheads,
     }
 
 
@@ -113,6 +163,14 @@ def table(report: dict[str, object]) -> str:
             f"{figures['boot_ms']['median']:>9.0f}{figures['total_ms']['median']:>10.0f}"
             f"{figures['total_ms']['p95']:>10.0f}{figures['rss_mib']['median']:>13.0f}"
         )
+    memory = report.get("memory") or {}
+    assert isinstance(memory, dict)
+    if memory:
+        lines += ["", "per-VM host memory (q35, direct boot, medians) and thread pinning",
+                  f"{'guest MiB':<10}{'QEMU RSS MiB':>13}{'guest RAM touched':>18}{'overhead MiB':>13}{'pin ms':>8}"]
+        for size, figures in memory.items():
+            lines.append(f"{size:<10}{figures['rss_mib']:>13.0f}{figures['guest_touched_mib']:>18.0f}"
+                         f"{figures['overhead_mib']:>13.0f}{figures['pin_ms']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -120,9 +178,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default=",".join(BOOT_MODES))
+    parser.add_argument("--memory", default="128,512,2048", help="guest sizes (MiB) for the overhead table; '' skips it")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    report = asyncio.run(run(args.runs, args.modes.split(",")))
+    sizes = [int(size) for size in args.memory.split(",") if size]
+    report = asyncio.run(run(args.runs, [m for m in args.modes.split(",") if m], sizes))
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
