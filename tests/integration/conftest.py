@@ -27,13 +27,21 @@ def _qmprt_netns() -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    """After the whole integration suite: no network namespace of ours and no QEMU of ours remain."""
+    """After the whole integration suite: no network namespace, QEMU or cgroup of ours remains.
+
+    The suite's cgroups all live below ``TEST_CGROUP_ROOT``; empty ones (a kubelet-style pod parent
+    a test made) are removed here, and a cgroup that still holds a process fails the run.
+    """
     before = _qmprt_netns()
     yield
     leaked = _qmprt_netns() - before
     assert not leaked, f"network namespaces left behind: {sorted(leaked)}"
     stray = _qemu_processes("guest=t")
     assert not stray, f"QEMU processes left behind: {[p.pid for p in stray]}"
+    driver = cgroups.detect()
+    if driver.exists(TEST_CGROUP_ROOT):
+        driver.open(TEST_CGROUP_ROOT).delete()
+    assert not driver.exists(TEST_CGROUP_ROOT), "a test left a cgroup behind"
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +50,8 @@ def tiny() -> TinyGuest:
 
 
 @pytest.fixture(scope="session")
-def cgroup_driver() -> Iterator[cgroups.CgroupDriver]:
-    driver = cgroups.detect()
-    yield driver
-    if driver.exists(TEST_CGROUP_ROOT):
-        driver.open(TEST_CGROUP_ROOT).delete()
-    assert not driver.exists(TEST_CGROUP_ROOT), "a test left a cgroup behind"
+def cgroup_driver() -> cgroups.CgroupDriver:
+    return cgroups.detect()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from qmprt.errors import FailedPrecondition, InvalidArgument
 from qmprt.pod.model import ContainerMetadata, Resources
 from qmprt.pod.states import ContainerState
 
+from .conftest import TEST_CGROUP_ROOT
 from .pods import container_spec, open_runtime, sandbox_spec, wait_for_log
 
 MIB = 1 << 20
@@ -40,13 +42,19 @@ async def test_resources_become_guest_size_and_cgroup_limits(tiny, tmp_path, run
         cpu_quota=150_000, cpu_period=100_000, cpu_shares=512,
         memory_limit_in_bytes=(256 + overhead) * MIB, cpuset_cpus="0-1", cpuset_mems="0",
     )
-    sandbox_id = await runtime.run_sandbox(sandbox_spec(tmp_path))
+    # kubelet's pod cgroup (cgroupfs driver form): the VM's cgroup goes below it, so the pod's
+    # accounting sees the VM.
+    pod_cgroup = f"/{TEST_CGROUP_ROOT}/kubepods/burstable/pod-{os.getpid()}"
+    spec = dataclasses.replace(sandbox_spec(tmp_path), cgroup_parent=pod_cgroup)
+    sandbox_id = await runtime.run_sandbox(spec)
     container_id = await runtime.create_container(sandbox_id, container_spec(resources=resources))
     await runtime.start_container(container_id)
     await wait_for_log(runtime.container(container_id).log_path, tiny.ready_marker)
     container = runtime.containers[container_id]
     assert container.cgroup is not None and container.vm is not None
     assert container.vm.status.pid in container.cgroup.pids()
+    assert container.cgroup.path.startswith(pod_cgroup.lstrip("/") + "/qmprt-")
+    assert f":{pod_cgroup}/qmprt-" in Path(f"/proc/{container.vm.status.pid}/cgroup").read_text()
 
     # ceil(150000 / 100000) = 2 vCPUs; guest RAM = limit − overhead.
     nproc = await runtime.exec_sync(container_id, ["nproc"], 30)
