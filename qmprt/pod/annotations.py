@@ -26,9 +26,11 @@ exponent (``5e9``). A fractional byte count rounds up, as Kubernetes' ``Quantity
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 from qmprt.errors import InvalidArgument
@@ -37,12 +39,46 @@ PREFIX = "qmprt.io/"
 ROOT_VOLUME_SIZE = PREFIX + "root-volume-size"
 VCPUS = PREFIX + "vcpus"
 NUMA_NODES = PREFIX + "numa-nodes"
+SEED_FORMAT = PREFIX + "seed-format"
+USER_DATA = PREFIX + "user-data"
+USER_DATA_MODE = PREFIX + "user-data-mode"
+SSH_AUTHORIZED_KEYS = PREFIX + "ssh-authorized-keys"
+DATA_VOLUMES = PREFIX + "data-volumes"
+RBD_VOLUMES = PREFIX + "rbd-volumes"
+ISCSI_VOLUMES = PREFIX + "iscsi-volumes"
 
 KNOWN_KEYS: Mapping[str, str] = {
     ROOT_VOLUME_SIZE: "the container's root disk size, a Kubernetes quantity (10Gi, 512Mi, 20G or bytes)",
     VCPUS: "a vCPU count below the CPU limit's (a positive integer)",
     NUMA_NODES: "the guest's NUMA node count (a positive integer, at most the vCPU count)",
+    SEED_FORMAT: "nocloud or configdrive",
+    USER_DATA: "a #cloud-config document or a script",
+    USER_DATA_MODE: "merge or replace",
+    SSH_AUTHORIZED_KEYS: "public keys, one per line",
+    DATA_VOLUMES: "ephemeral data disk sizes: 10Gi,512Mi or 3x1Gi",
+    RBD_VOLUMES: 'a JSON list of {"pool", "image", "monitors", "user", "secret_mount"}',
+    ISCSI_VOLUMES: 'a JSON list of {"portal", "target", "lun", "user", "secret_mount"}',
 }
+MAX_DATA_VOLUMES = 16
+SSH_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ecdsa-sha2-", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-")
+
+
+@dataclass(frozen=True)
+class RBDVolume:
+    pool: str
+    image: str
+    monitors: tuple[str, ...]
+    user: str
+    secret_mount: str
+
+
+@dataclass(frozen=True)
+class ISCSIVolume:
+    portal: str
+    target: str
+    lun: int = 0
+    user: str = ""
+    secret_mount: str = ""
 
 QUANTITY_FORMS = "plain bytes (1073741824), a binary suffix Ki Mi Gi Ti Pi Ei (10Gi), a decimal suffix k M G T P E (20G)"
 
@@ -66,6 +102,13 @@ class QmprtAnnotations:
     root_volume_size: str = ""  # as written, for messages
     vcpus: int | None = None
     numa_nodes: int = 1
+    seed_format: str = "nocloud"
+    user_data: str | None = None
+    user_data_mode: str = "merge"
+    ssh_authorized_keys: tuple[str, ...] = ()
+    data_volume_sizes: tuple[int, ...] = ()
+    rbd_volumes: tuple[RBDVolume, ...] = ()
+    iscsi_volumes: tuple[ISCSIVolume, ...] = ()
 
     def vcpu_count(self, granted: int) -> int:
         """The vCPUs to boot: the annotation may ask for fewer than the resources grant, never more."""
@@ -140,6 +183,13 @@ def parse_annotations(container: Mapping[str, str], sandbox: Mapping[str, str]) 
     parsed = QmprtAnnotations(
         vcpus=_positive_int(merged, VCPUS),
         numa_nodes=_positive_int(merged, NUMA_NODES) or 1,
+        seed_format=_choice(merged, SEED_FORMAT, ("nocloud", "configdrive")),
+        user_data=merged.get(USER_DATA),
+        user_data_mode=_choice(merged, USER_DATA_MODE, ("merge", "replace")),
+        ssh_authorized_keys=_ssh_keys(merged.get(SSH_AUTHORIZED_KEYS, "")),
+        data_volume_sizes=_sizes(merged.get(DATA_VOLUMES, "")),
+        rbd_volumes=tuple(RBDVolume(**entry) for entry in _json_list(merged, RBD_VOLUMES, _RBD_FIELDS)),
+        iscsi_volumes=tuple(ISCSIVolume(**entry) for entry in _json_list(merged, ISCSI_VOLUMES, _ISCSI_FIELDS)),
     )
     size_text = merged.get(ROOT_VOLUME_SIZE)
     if size_text is None:
@@ -160,3 +210,74 @@ def _positive_int(annotations: Mapping[str, str], key: str) -> int | None:
     if not re.fullmatch(r"[0-9]{1,4}", text.strip()) or int(text) < 1:
         raise InvalidArgument(f"annotation {key}={text!r}: give a positive whole number, e.g. \"2\"")
     return int(text)
+
+
+_RBD_FIELDS: Mapping[str, type] = {"pool": str, "image": str, "monitors": list, "user": str, "secret_mount": str}
+_ISCSI_FIELDS: Mapping[str, type] = {"portal": str, "target": str, "lun": int, "user": str, "secret_mount": str}
+_ISCSI_OPTIONAL = ("lun", "user", "secret_mount")
+
+
+def _choice(annotations: Mapping[str, str], key: str, allowed: tuple[str, ...]) -> str:
+    value = annotations.get(key, allowed[0]).strip()
+    if value not in allowed:
+        raise InvalidArgument(f"annotation {key}={value!r}: give one of {', '.join(allowed)}")
+    return value
+
+
+def _ssh_keys(text: str) -> tuple[str, ...]:
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+    for key in keys:
+        if not key.startswith(SSH_KEY_TYPES) or len(key.split()) < 2:
+            raise InvalidArgument(
+                f"annotation {SSH_AUTHORIZED_KEYS}: {key[:40]!r} is not an OpenSSH public key "
+                "(\"ssh-ed25519 AAAA… comment\", one per line)"
+            )
+    return keys
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes: list[int] = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        count, _, quantity = item.rpartition("x") if re.fullmatch(r"[0-9]+x.+", item) else ("1", "", item)
+        try:
+            size = parse_quantity(quantity)
+        except ValueError as err:
+            raise InvalidArgument(f"annotation {DATA_VOLUMES}: {err}; give sizes like 10Gi,512Mi or 3x1Gi") from err
+        if size < 1 << 20:
+            raise InvalidArgument(f"annotation {DATA_VOLUMES}: {item!r} is under 1Mi")
+        sizes += [size] * int(count)
+    if len(sizes) > MAX_DATA_VOLUMES:
+        raise InvalidArgument(f"annotation {DATA_VOLUMES}: {len(sizes)} volumes; at most {MAX_DATA_VOLUMES}")
+    return tuple(sizes)
+
+
+def _json_list(annotations: Mapping[str, str], key: str, fields: Mapping[str, type]) -> list[dict[str, Any]]:
+    text = annotations.get(key)
+    if text is None:
+        return []
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidArgument(f"annotation {key}: not JSON ({err.msg}); give {KNOWN_KEYS[key]}") from err
+    if not isinstance(document, list) or not all(isinstance(entry, dict) for entry in document):
+        raise InvalidArgument(f"annotation {key}: give {KNOWN_KEYS[key]}")
+    entries = []
+    for index, entry in enumerate(document):
+        unknown = sorted(set(entry) - set(fields))
+        if unknown:
+            raise InvalidArgument(f"annotation {key}[{index}]: unknown field(s) {', '.join(unknown)}")
+        for field, kind in fields.items():
+            optional = key == ISCSI_VOLUMES and field in _ISCSI_OPTIONAL
+            if field not in entry:
+                if optional:
+                    continue
+                raise InvalidArgument(f"annotation {key}[{index}]: {field!r} is missing; give {KNOWN_KEYS[key]}")
+            if not isinstance(entry[field], kind) or (kind is str and not entry[field]):
+                expected = {str: "a non-empty string", int: "a whole number", list: "a list"}[kind]
+                raise InvalidArgument(f"annotation {key}[{index}].{field}: expected {expected}")
+        if "monitors" in entry:
+            if not entry["monitors"] or not all(isinstance(m, str) and m for m in entry["monitors"]):
+                raise InvalidArgument(f"annotation {key}[{index}].monitors: a list of host:port strings")
+            entry = {**entry, "monitors": tuple(entry["monitors"])}
+        entries.append(entry)
+    return entries

@@ -120,3 +120,48 @@ def test_bad_counts(annotations, message) -> None:
 def test_more_vcpus_than_granted_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="more vCPUs"):
         parse_annotations({"qmprt.io/vcpus": "4"}, {}).vcpu_count(2)
+
+
+RBD = '[{"pool": "rbd", "image": "vol", "monitors": ["192.0.2.1:6789"], "user": "admin", "secret_mount": "/etc/ceph"}]'
+
+
+def test_guest_configuration_keys() -> None:
+    parsed = parse_annotations(
+        {
+            "qmprt.io/seed-format": "configdrive",
+            "qmprt.io/user-data": "#cloud-config\npackages: [htop]\n",
+            "qmprt.io/user-data-mode": "replace",
+            "qmprt.io/ssh-authorized-keys": "# ops\nssh-ed25519 AAAAC3Nz ops@example\n\nssh-rsa AAAAB3 dev\n",
+            "qmprt.io/data-volumes": "2x64Mi, 1Gi",
+            "qmprt.io/rbd-volumes": RBD,
+            "qmprt.io/iscsi-volumes": '[{"portal": "192.0.2.2:3260", "target": "iqn.2026-01.org.example:t1"}]',
+        },
+        {},
+    )
+    assert parsed.seed_format == "configdrive" and parsed.user_data_mode == "replace"
+    assert parsed.ssh_authorized_keys == ("ssh-ed25519 AAAAC3Nz ops@example", "ssh-rsa AAAAB3 dev")
+    assert parsed.data_volume_sizes == (64 << 20, 64 << 20, 1 << 30)
+    assert parsed.rbd_volumes[0].monitors == ("192.0.2.1:6789",)
+    assert (parsed.iscsi_volumes[0].lun, parsed.iscsi_volumes[0].user) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({"qmprt.io/seed-format": "iso"}, "one of nocloud, configdrive"),
+        ({"qmprt.io/user-data-mode": "append"}, "one of merge, replace"),
+        ({"qmprt.io/ssh-authorized-keys": "password123"}, "not an OpenSSH public key"),
+        ({"qmprt.io/data-volumes": "ten gigs"}, "sizes like 10Gi"),
+        ({"qmprt.io/data-volumes": "17x1Mi"}, "at most 16"),
+        ({"qmprt.io/data-volumes": "512"}, "under 1Mi"),
+        ({"qmprt.io/rbd-volumes": "{not json"}, "not JSON"),
+        ({"qmprt.io/rbd-volumes": '[{"pool": "rbd"}]'}, "'image' is missing"),
+        ({"qmprt.io/rbd-volumes": RBD.replace('"user"', '"usr"')}, "unknown field"),
+        ({"qmprt.io/iscsi-volumes": '[{"portal": "p", "target": "t", "lun": "0"}]'}, "expected a whole number"),
+    ],
+    ids=["seed-format", "user-data-mode", "ssh-key", "size-words", "too-many-volumes", "tiny-volume",
+         "rbd-not-json", "rbd-missing-field", "rbd-unknown-field", "iscsi-lun-type"],
+)
+def test_guest_configuration_refusals(annotations, message) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        parse_annotations(annotations, {})
