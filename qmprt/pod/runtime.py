@@ -29,6 +29,7 @@ from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
 from qmprt.pod.sizing import MIN_GUEST_MIB, size_vm
 from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.pod.storage import check_devices, check_mounts
 from qmprt.pod.stats import container_stats, sandbox_stats
 from qmprt.pod.types import (
     ContainerInfo,
@@ -288,6 +289,8 @@ class Runtime:
                     f"container name {metadata.name} attempt {metadata.attempt} is already used in this "
                     f"sandbox by {self._container_names[name_key][:12]}"
                 )
+            check_mounts(spec.mounts)
+            check_devices(spec.devices)
             image = self.images.resolve(spec.image)
             if image is None:
                 raise NotFound(f"image {spec.image!r} is not present on this node: pull it first")

@@ -12,7 +12,7 @@ import pytest
 
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.net import netns
-from qmprt.pod.model import ContainerMetadata, Resources, SandboxMetadata
+from qmprt.pod.model import ContainerMetadata, DeviceSpec, MountSpec, Resources, SandboxMetadata
 from qmprt.pod.states import ContainerState, SandboxState
 
 from .conftest import TEST_CGROUP_ROOT
@@ -107,10 +107,16 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
         ({"resources": Resources(cpuset_cpus="0-x")}, InvalidArgument, "'0-x' is neither a number nor a range"),
         ({"resources": Resources(cpuset_mems="7")}, InvalidArgument, "node"),
         ({"resources": Resources(hugepage_limits=(("3MB", 128 << 20),))}, InvalidArgument, "hugepage size"),
+        ({"mounts": (MountSpec("/etc/app", "/nonexistent/qmprt-test"),)}, InvalidArgument, "does not exist"),
+        ({"mounts": (MountSpec("relative", "/etc"),)}, InvalidArgument, "absolute guest path"),
+        ({"devices": (DeviceSpec("/dev/vdz", "/nonexistent/disk"),)}, InvalidArgument, "cannot be used"),
+        ({"devices": (DeviceSpec("/dev/vdz", "/etc"),)}, InvalidArgument, "neither a block device"),
+        ({"annotations": {"qmprt.io/data-volumes": "lots"}}, InvalidArgument, "qmprt.io/data-volumes"),
     ],
     ids=["log-path-escape", "log-path-absolute", "absurd-memory", "memory-below-overhead", "bad-env-name",
          "unknown-image", "no-image", "more-vcpus-than-granted", "numa-nodes-without-vcpus", "annotation-typo",
-         "bad-cpuset", "absent-numa-node", "bad-hugepage-size"],
+         "bad-cpuset", "absent-numa-node", "bad-hugepage-size", "mount-missing", "mount-relative",
+         "device-missing", "device-not-a-disk", "bad-data-volume-size"],
 )
 async def test_bad_container_requests_leave_nothing(tiny, tmp_path, runtime_dirs, runtimes, changes, error, message) -> None:
     state_dir, run_dir, cni_dir = runtime_dirs
