@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, TypeVar
 
 from qmprt import cgroups, state
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, VMError
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.image.overlay import create_overlay
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
+from qmprt.pod import resources as live_resources
 from qmprt.pod.annotations import parse_annotations
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
-from qmprt.pod.sizing import MIN_GUEST_MIB, size_vm
+from qmprt.pod.sizing import size_vm
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import check_devices, check_mounts
 from qmprt.pod.stats import container_stats, sandbox_stats
@@ -45,7 +46,7 @@ from qmprt.vm.agent import ExecResult
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM, VMState
 from qmprt.vm.numa import check_host
-from qmprt.vm.pinning import format_id_list, parse_cpuset, parse_id_list
+from qmprt.vm.pinning import parse_cpuset, parse_id_list
 
 if TYPE_CHECKING:
     from qmprt.image import ImageStore
@@ -56,7 +57,6 @@ T = TypeVar("T", Sandbox, Container)
 LIVE_STATES = (ContainerState.CREATED, ContainerState.RUNNING)
 CNI_CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 FORCED_STOP_GRACE = 0.0
-BALLOON_WAIT_SECONDS = 10.0
 
 
 def _lookup(objects: Mapping[str, T], object_id: str, kind: str) -> T:
@@ -439,16 +439,8 @@ class Runtime:
                 raise
             self.attach_vm(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
-            await self.pin(container)
+            await live_resources.pin(container)
         log.info("container %s started (pid %s)", container.id[:12], vm.status.pid)
-
-    async def pin(self, container: Container, cpuset: str | None = None) -> None:
-        """Pin the VM's threads to ``cpuset`` (default: the container's ``cpuset_cpus``, if any)."""
-        cpuset = cpuset or (container.spec.resources or Resources()).cpuset_cpus
-        if not cpuset or container.vm is None:
-            return
-        report = await container.vm.pin(cpuset)
-        log.info("container %s: %s (%.1f ms)", container.id[:12], report.summary(), report.seconds * 1000)
 
     def attach_vm(
         self, container: Container, vm: VM, log_writer: CRILogWriter | None, cgroup: cgroups.Cgroup | None
@@ -523,89 +515,13 @@ class Runtime:
         container.log_writer.reopen()
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
-        """Apply new resources to a running VM.
-
-        CPU quota/period/shares and cpusets go to the VM's cgroup. A memory limit moves the cgroup
-        limit and the guest's balloon together (guest RAM target = limit − overhead, at most the RAM
-        it booted with), shrinking the guest before the cgroup and growing the cgroup before the
-        guest. The vCPU count is fixed at start: a quota asking for more is refused.
-        """
+        """Apply new resources to a running VM (see ``qmprt.pod.resources.update``)."""
         container, vm = self._running_vm(container_id)
-        cgroup = container.cgroup
-        if cgroup is None or vm.monitor is None:
-            raise FailedPrecondition(f"container {container.id[:12]} has no cgroup or monitor")
-        if resources.cpu_quota > 0 and resources.cpu_period > 0:
-            wanted_vcpus = -(-resources.cpu_quota // resources.cpu_period)
-            if wanted_vcpus > container.record.vcpus:
-                raise FailedPrecondition(
-                    f"the VM of container {container.id[:12]} has {container.record.vcpus} vCPUs, fixed when it "
-                    f"started; a quota for {wanted_vcpus} CPUs needs the pod to be recreated"
-                )
         sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
-        balloon_target: int | None = None
-        if resources.memory_limit_in_bytes:
-            guest_mib = (resources.memory_limit_in_bytes >> 20) - self.overhead_mib(sandbox)
-            if guest_mib < MIN_GUEST_MIB:
-                raise InvalidArgument(
-                    f"memory limit {resources.memory_limit_in_bytes >> 20} MiB cannot hold the VM's overhead "
-                    f"({self.overhead_mib(sandbox)} MiB) plus the smallest guest ({MIN_GUEST_MIB} MiB)"
-                )
-            balloon_target = min(guest_mib, container.record.guest_memory_mib) << 20
-        limits = cgroups.CgroupLimits(
-            cpu_quota_us=resources.cpu_quota if resources.cpu_quota else None,
-            cpu_period_us=resources.cpu_period or None,
-            cpu_shares=resources.cpu_shares or None,
-            cpuset_mems=resources.cpuset_mems or None,
-        )
-        memory_limit = cgroups.CgroupLimits(memory_bytes=resources.memory_limit_in_bytes or None)
-        current = cgroup.read_limits().memory_bytes
-        growing = current is None or current == cgroups.UNLIMITED or resources.memory_limit_in_bytes >= current
-        try:
-            if resources.memory_limit_in_bytes and growing:
-                cgroup.set_limits(memory_limit)
-            if balloon_target is not None:
-                await self._balloon(container, vm, balloon_target)
-            if resources.memory_limit_in_bytes and not growing:
-                cgroup.set_limits(memory_limit)
-            cgroup.set_limits(limits)
-            if resources.cpuset_cpus:
-                # The threads may only move within the cgroup's cpuset: widen it, pin, then narrow it.
-                new_cpus = parse_cpuset(resources.cpuset_cpus)
-                old_cpuset = cgroup.read_limits().cpuset_cpus
-                both = set(new_cpus) | set(parse_cpuset(old_cpuset) if old_cpuset else ())
-                cgroup.set_limits(cgroups.CgroupLimits(cpuset_cpus=format_id_list(both)))
-                await self.pin(container, resources.cpuset_cpus)
-                cgroup.set_limits(cgroups.CgroupLimits(cpuset_cpus=resources.cpuset_cpus))
-        except (ValueError, cgroups.CgroupError) as err:
-            raise InvalidArgument(f"container resources cannot be applied: {err}") from err
-        log.info("container %s: resources updated (%s)", container.id[:12], resources)
+        await live_resources.update(container, vm, resources, self.overhead_mib(sandbox))
 
-    async def _balloon(self, container: Container, vm: VM, target_bytes: int) -> None:
-        """Move the guest's balloon to ``target_bytes`` of RAM; a VM without one can only grow."""
-        assert vm.monitor is not None
-        try:
-            current = int((await vm.monitor.execute("query-balloon"))["actual"])
-        except VMError as err:
-            if target_bytes < container.record.guest_memory_mib << 20:
-                raise FailedPrecondition(
-                    f"the VM of container {container.id[:12]} has no memory balloon, so its guest RAM "
-                    "cannot shrink while it runs"
-                ) from err
-            return
-        if current == target_bytes:
-            return
-        await vm.monitor.execute("balloon", {"value": target_bytes})
-        if target_bytes > current:
-            return
-        # Lower the cgroup limit only once the guest has given the memory back.
-        deadline = time.monotonic() + BALLOON_WAIT_SECONDS
-        while int((await vm.monitor.execute("query-balloon"))["actual"]) > target_bytes + (1 << 20):
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"the guest of container {container.id[:12]} did not release memory down to "
-                    f"{target_bytes >> 20} MiB within {BALLOON_WAIT_SECONDS:.0f} s; the memory limit is unchanged"
-                )
-            await asyncio.sleep(0.05)
+    async def pin(self, container: Container) -> None:
+        await live_resources.pin(container)
 
     # -- stats ----------------------------------------------------------------------------------------------
     def container_stats(self, container_id: str) -> ContainerStatsInfo:

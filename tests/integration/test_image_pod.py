@@ -177,9 +177,9 @@ async def test_a_pod_boots_from_an_image_pulled_over_http_with_a_grown_root_disk
         "absurd": ({GROWN: "1Ei"}, ["above the limit"]),
         "typo": ({"qmprt.io/root-volume-sise": "1Gi"}, ["'qmprt.io/root-volume-sise'"]),
     }
-    for case, (annotations, words) in refused.items():
+    for case, (given, words) in refused.items():
         request = cri.CreateContainerRequest(
-            pod_sandbox_id=pod_id, config=container_config(annotations), sandbox_config=config
+            pod_sandbox_id=pod_id, config=container_config(given), sandbox_config=config
         )
         code, details = await refusal(runtime, request)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (case, details)

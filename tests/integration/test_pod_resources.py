@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from qmprt import cgroups
 from qmprt.errors import FailedPrecondition, InvalidArgument
 from qmprt.pod.model import ContainerMetadata, Resources
 from qmprt.pod.states import ContainerState
