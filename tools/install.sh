@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything qmprt needs on a Debian 12 machine, as root. Idempotent: a second run only
 # checks. Debian packages, a virtual environment at ./.venv with qmprt in it, and the tiny test guest.
+# --bench also installs what tools/bench/run compares qmprt with (libvirt, containerd); their system
+# services are not started: the benchmark runs its own private instances.
 set -euo pipefail
 demo=false
-case "${1-}" in
-  --demo) demo=true ;;
-  "") ;;
-  *) echo "usage: tools/install.sh [--demo]" >&2; exit 2 ;;
-esac
+bench=false
+for arg in "$@"; do
+  case "$arg" in
+    --demo) demo=true ;;
+    --bench) bench=true ;;
+    *) echo "usage: tools/install.sh [--demo] [--bench]" >&2; exit 2 ;;
+  esac
+done
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
@@ -17,6 +22,10 @@ debs=(
   extlinux syslinux-common e2fsprogs cpio kmod lz4 xz-utils zstd
   iproute2 python3-venv python3-pip openssl curl debootstrap
 )
+bench_debs=(libvirt-daemon-system libvirt-clients containerd runc)
+if $bench; then
+  debs+=("${bench_debs[@]}")
+fi
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -25,7 +34,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Keep the packages' own daemons (libvirtd, containerd) from starting on install, unless a policy
+  # is already in place.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=false
+  if $bench && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod +x "$policy"
+    made_policy=true
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if $made_policy; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 
 python=${PYTHON:-python3}

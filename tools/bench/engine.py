@@ -21,57 +21,64 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from common import environment, headline, summaries
 
-from qmprt import cgroups  # noqa: E402
-from qmprt.cloudinit import SeedSpec  # noqa: E402
-from qmprt.vm import accel  # noqa: E402
-from qmprt.vm.machine import VM  # noqa: E402
-from tests.integration.guests import BOOT_MODES, tiny_guest, vm_config  # noqa: E402
+from qmprt import cgroups
+from qmprt.cloudinit import SeedSpec
+from qmprt.vm import accel
+from qmprt.vm.machine import VM
+from tests.integration.guests import BOOT_MODES, TinyGuest, tiny_guest, vm_config
 
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+CGROUP_ROOT = f"qmprt-bench-engine-{os.getpid()}"
 
 
-async def one_boot(mode: str, index: int, work: Path, run_root: Path, driver: cgroups.CgroupDriver, accel_name: str) -> dict[str, float]:
-    guest = tiny_guest()
+def remove_cgroup_root(driver: cgroups.CgroupDriver) -> None:
+    if driver.exists(CGROUP_ROOT):
+        driver.open(CGROUP_ROOT).delete()
+
+
+async def one_boot(
+    mode: str, index: int, work: Path, run_root: Path, driver: cgroups.CgroupDriver, accel_name: str,
+    guest: TinyGuest | None = None, rss_settle_s: float | None = 1.0,
+) -> dict[str, float]:
+    """One boot of the tiny guest through ``VM.start``: the start split in ms, and QEMU's RSS (MiB)
+    ``rss_settle_s`` after the ready marker (None: RSS not taken)."""
+    guest = guest or tiny_guest()
     vm_id = f"bench-{mode}-{index}"
     state_dir = work / vm_id
     t0 = time.monotonic()
     config = vm_config(guest, state_dir, vm_id, mode, SeedSpec(instance_id=vm_id, hostname=vm_id), memory_mib=128)
     config = type(config)(**{**config.__dict__, "accel": accel_name})
     prepared = time.monotonic()
-    cgroup = driver.create(f"qmprt-bench-{os.getpid()}/{vm_id}")
+    cgroup = driver.create(f"{CGROUP_ROOT}/{vm_id}")
     vm = await VM.start(config, state_dir, run_root / vm_id, cgroup=cgroup)
     try:
         await vm.wait_for_console(guest.ready_marker, 120)
         ready = time.monotonic()
-        await asyncio.sleep(1.0)
-        assert vm.status.pid is not None
-        rss = psutil.Process(vm.status.pid).memory_info().rss
+        rss = None
+        if rss_settle_s is not None:
+            await asyncio.sleep(rss_settle_s)
+            assert vm.status.pid is not None
+            rss = psutil.Process(vm.status.pid).memory_info().rss
     finally:
         await vm.stop(grace=0)
-    return {
+    figures = {
         "prepare_ms": (prepared - t0) * 1000,
         "pre_exec_ms": (vm.timings.spawned - vm.timings.begin) * 1000,
         "boot_ms": (ready - vm.timings.spawned) * 1000,
         "total_ms": (ready - t0) * 1000,
-        "rss_mib": rss / (1 << 20),
     }
+    if rss is not None:
+        figures["rss_mib"] = rss / (1 << 20)
+    return figures
 
 
 def guest_ram_rss(pid: int, guest_bytes: int) -> int:
@@ -95,7 +102,7 @@ async def overhead_for(memory_mib: int, index: int, work: Path, run_root: Path, 
     state_dir = work / vm_id
     config = vm_config(guest, state_dir, vm_id, "q35-direct", SeedSpec(instance_id=vm_id, hostname=vm_id), memory_mib=memory_mib)
     config = type(config)(**{**config.__dict__, "accel": accel_name})
-    cgroup = driver.create(f"qmprt-bench-{os.getpid()}/{vm_id}")
+    cgroup = driver.create(f"{CGROUP_ROOT}/{vm_id}")
     vm = await VM.start(config, state_dir, run_root / vm_id, cgroup=cgroup)
     try:
         await vm.wait_for_console(guest.ready_marker, 120)
@@ -123,10 +130,7 @@ async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None
     try:
         for mode in modes:
             samples = [await one_boot(mode, i, work, run_root, driver, choice.accel) for i in range(runs)]
-            results[mode] = {
-                key: {"median": statistics.median(s[key] for s in samples), "p95": percentile([s[key] for s in samples], 0.95)}
-                for key in samples[0]
-            }
+            results[mode] = summaries(samples)
         overheads = {}
         for memory_mib in memory_sizes or []:
             samples = [await overhead_for(memory_mib, i, work, run_root, driver, choice.accel) for i in range(max(1, runs // 2))]
@@ -134,15 +138,9 @@ async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(run_root, ignore_errors=True)
-        bench_root = f"qmprt-bench-{os.getpid()}"
-        if driver.exists(bench_root):
-            driver.open(bench_root).delete()
-    qemu_version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        remove_cgroup_root(driver)
     return {
-        "accelerator": choice.accel,
-        "accelerator_reason": choice.reason,
-        "qemu": qemu_version,
-        "machine": f"{platform.node()} {os.cpu_count()} CPUs {psutil.virtual_memory().total >> 30} GiB",
+        **environment(),
         "runs": runs,
         "modes": results,
         "memory": overheads,
@@ -151,7 +149,7 @@ async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None
 
 def table(report: dict[str, object]) -> str:
     lines = [
-        f"engine benchmark: {report['accelerator']} ({report['accelerator_reason']}), {report['qemu']}, {report['machine']}",
+        f"engine benchmark: {headline(report)}",
         f"medians over {report['runs']} boots of the tiny guest, 128 MiB, 1 vCPU",
         f"{'mode':<16}{'prepare ms':>11}{'pre-exec ms':>12}{'boot ms':>9}{'total ms':>10}{'total p95':>10}{'QEMU RSS MiB':>13}",
     ]

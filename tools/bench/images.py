@@ -31,10 +31,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from common import summary
 
-from qmprt.image import ImageConfig, ImageStore, TranslationRule, Transport, create_overlay, inspect_image  # noqa: E402
+from qmprt.image import ImageConfig, ImageStore, TranslationRule, Transport, create_overlay, inspect_image
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -102,10 +101,6 @@ def overlay_ms(base: str, work: Path, grow_to: int | None, virtual_size: int) ->
         overlay.unlink()
         samples.append(seconds * 1000)
     return samples
-
-
-def summary(samples: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(samples), "p95": statistics.quantiles(samples, n=20)[-1], "samples": samples}
 
 
 async def run(size_mib: int, runs: int) -> dict[str, Any]:

@@ -1,0 +1,367 @@
+"""qmprt's comparative benchmark (``tools/bench/run``): one run, one machine, one table + a JSON file.
+
+Start latency, --pods runs of each path, interleaved round by round so that load on a shared machine
+falls on all of them alike:
+
+- qmprt: a VM pod through the CRI socket (runp + create + start until the tiny guest's ready marker is
+  in the container's CRI log), from its QCOW2 disk on q35 (the pod layer always boots that way), with
+  the split: the three RPCs, QEMU spawn (ContainerStatus.started_at) to the first byte of the
+  console file, first byte to the marker, console file to CRI log;
+- engine: the same guest by direct kernel boot on q35 and microvm through ``VM.start`` (engine level,
+  as the pod layer cannot boot a kernel yet); its prepare step (overlay + seed ISO) is qmprt's per-pod
+  disk work;
+- floor: ``qemu-system-x86_64`` with the pod VM's own argv, from ``floor.sh`` (see floor.py);
+- libvirt: a private libvirtd, ``virsh define`` + ``start`` of an equivalent domain (see libvirt.py);
+- containerd: a private containerd, a busybox pod through its CRI socket to its first log line
+  (see containerd.py).
+
+Then parallel start and density: --density counts of VM pods started at once through the CRI socket
+(a thread each); time until all are ready; with them running, qmprt serve's RSS, each QEMU's RSS minus
+the guest RAM it touched, and the p50/p99 of kubelet's relist (ListPodSandbox + ListContainers + one
+ContainerStatus per container) over --relists rounds.
+
+A path that cannot run here is reported with its exact error instead of a number. Every service the
+benchmark starts listens on a unix socket in a temp dir (containerd's streaming server on 127.0.0.1)
+and is stopped by PID; processes, mounts, network namespaces, cgroups and directories are removed
+even on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import functools
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, OutputWatch, environment, error_text, format_table, headline, summaries, summary
+from containerd import Containerd
+from cri import QmprtUnderTest, StartedPod, qmprt_server, relist_summary, remove_many, start_many
+from engine import guest_ram_rss, one_boot, remove_cgroup_root
+from floor import Floor
+from libvirt import Libvirt
+
+from qmprt import cgroups
+from qmprt.cloudinit import SeedSpec, write_nocloud_iso
+from tests.integration.guests import TinyGuest
+
+ENGINE_MODES = ("q35-direct", "microvm-direct")
+
+
+class Paths:
+    """The start-latency paths: each a ``one(index) -> figures`` callable, its samples, or its error."""
+
+    def __init__(self) -> None:
+        self.runners: dict[str, Callable[[int], dict[str, float]]] = {}
+        self.samples: dict[str, list[dict[str, float]]] = {}
+        self.errors: dict[str, str] = {}
+
+    def add(self, name: str, runner: Callable[[int], dict[str, float]]) -> None:
+        self.runners[name] = runner
+        self.samples[name] = []
+
+    def fail(self, name: str, err: BaseException) -> None:
+        self.errors[name] = error_text(err)
+        self.runners.pop(name, None)
+        print(f"bench: {name}: {self.errors[name]}", flush=True)
+
+    def round(self, index: int) -> None:
+        for name, runner in list(self.runners.items()):
+            try:
+                self.samples[name].append(runner(index))
+            except Exception as err:  # noqa: BLE001 - reported as that path's result
+                self.fail(name, err)
+
+
+def qmprt_pod(qmprt: QmprtUnderTest, index: int, keep: Callable[[StartedPod], None] | None = None) -> dict[str, float]:
+    """One VM pod through the CRI socket, with the console-file split; removed before returning."""
+    watches: list[OutputWatch] = []
+
+    def watch_console(pod_id: str, container_id: str) -> None:
+        watches.append(OutputWatch(qmprt.container_dir(pod_id, container_id) / "console.raw", qmprt.guest.ready_marker).start())
+
+    started = qmprt.client.start_pod(index, qmprt.work / "logs" / f"seq-{index}", qmprt.guest.ready_marker, on_created=watch_console)
+    try:
+        console = watches[0]
+        console.wait(10)
+        spawned_ns = qmprt.client.started_at_ns(started.container_id)
+        if keep is not None:
+            keep(started)
+    finally:
+        for watch in watches:
+            watch.stop()
+        qmprt.client.remove_pod(started.pod_id)
+    assert console.first_output_ns is not None and console.marker_seen_ns is not None and console.marker_seen is not None
+    return {
+        **started.timings,
+        "spawn_to_output_ms": (console.first_output_ns - spawned_ns) / 1e6,
+        "output_to_ready_ms": (console.marker_seen_ns - console.first_output_ns) / 1e6,
+        "console_to_log_ms": (started.ready_at - console.marker_seen) * 1000,
+    }
+
+
+def engine_boot(
+    loop: asyncio.AbstractEventLoop, mode: str, work: Path, driver: cgroups.CgroupDriver, accel_name: str, guest: TinyGuest, index: int
+) -> dict[str, float]:
+    return loop.run_until_complete(one_boot(mode, index, work / "engine", work / "run", driver, accel_name, guest, rss_settle_s=None))
+
+
+def density(qmprt: QmprtUnderTest, count: int, relists: int, first_index: int, guest_mib: int) -> dict[str, Any]:
+    seconds, pods = start_many(qmprt.client, count, first_index, qmprt.work / "logs" / f"density-{count}", qmprt.guest.ready_marker)
+    try:
+        time.sleep(1.0)  # let RSS settle after the ready marker, as engine.py does
+        overheads, rss = [], []
+        for process in qmprt.qemu_processes():
+            process_rss = process.memory_info().rss
+            rss.append(process_rss / (1 << 20))
+            overheads.append((process_rss - guest_ram_rss(process.pid, guest_mib << 20)) / (1 << 20))
+        relist = relist_summary(qmprt.client, relists)
+        server_rss = qmprt.server_rss_bytes() / (1 << 20)
+    finally:
+        remove_many(qmprt.client, pods)
+    return {
+        "pods": count,
+        "all_ready_s": seconds,
+        "pod_total_ms": summary([pod.timings["total_ms"] for pod in pods], samples=False),
+        "serve_rss_mib": server_rss,
+        "qemu_rss_mib": summary(rss, samples=False),
+        "qemu_overhead_mib": summary(overheads, samples=False),
+        "relist_ms": relist,
+    }
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the engine's leftover tasks (exit watchers of stopped VMs) finish, then close the loop."""
+    pending = asyncio.all_tasks(loop)
+    if pending:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    began = time.monotonic()
+    env = environment()
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": env,
+        "sizes": {"pods": args.pods, "density": args.density, "relists": args.relists},
+    }
+    paths = Paths()
+    work = Path(tempfile.mkdtemp(prefix="qmprt-bench-run-"))
+    driver = cgroups.detect()
+    loop = asyncio.new_event_loop()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        cleanup.callback(close_loop, loop)
+        cleanup.callback(remove_cgroup_root, driver)
+        qmprt = cleanup.enter_context(qmprt_server())
+        guest = qmprt.guest
+        print(f"bench: {headline(env)}", flush=True)
+
+        # The first pod gives the VM's argv (for the floor) and its size (for libvirt); not counted.
+        first: dict[str, Any] = {}
+
+        def keep_vm(started: StartedPod) -> None:
+            document = json.loads((qmprt.container_dir(started.pod_id, started.container_id) / "vm.json").read_text())
+            first.update(argv=document["argv"], config=document["config"])
+
+        report["qmprt_first_pod_ms"] = qmprt_pod(qmprt, 0, keep=keep_vm)["total_ms"]
+        memory_mib, cpus = int(first["config"]["memory_mib"]), int(first["config"]["cpus"])
+        report["vm"] = {"machine": first["config"]["machine"], "memory_mib": memory_mib, "cpus": cpus}
+        seed = work / "seed.iso"
+        write_nocloud_iso(SeedSpec(instance_id="bench-baseline", hostname="bench-baseline"), seed)
+
+        paths.add("qmprt", lambda index: qmprt_pod(qmprt, index + 1))
+        for mode in ENGINE_MODES:
+            paths.add(mode, functools.partial(engine_boot, loop, mode, work, driver, env["accelerator"], guest))
+        try:
+            floor = Floor(work / "floor", first["argv"], guest.disk, seed, guest.ready_marker)
+            paths.add("floor", lambda index: floor.one())
+        except Exception as err:  # noqa: BLE001
+            paths.fail("floor", err)
+        if "libvirt" not in args.skip:
+            libvirt = Libvirt(
+                Path(tempfile.mkdtemp(prefix="qmprt-bench-libvirt-")), guest.disk, seed, guest.ready_marker,
+                memory_mib, cpus, "kvm" if env["accelerator"] == "kvm" else "qemu",
+            )
+            cleanup.callback(libvirt.stop)
+            try:
+                libvirt.start()
+                report["libvirt_cold_ms"] = libvirt.cold_ms
+                report["libvirt_version"] = libvirt.version()
+                paths.add("libvirt", libvirt.one)
+            except Exception as err:  # noqa: BLE001
+                paths.fail("libvirt", err)
+        if "containerd" not in args.skip:
+            containerd = Containerd(Path(tempfile.mkdtemp(prefix="qmprt-bench-containerd-")))
+            cleanup.callback(containerd.stop)
+            report["containerd_version"] = containerd.version
+            report["containerd_snapshotter"] = containerd.snapshotter
+            try:
+                containerd.start()
+                paths.add("containerd", containerd.one)
+            except Exception as err:  # noqa: BLE001
+                paths.fail("containerd", err)
+                report["containerd_log"] = containerd.daemon.tail()
+        if "libvirt" in args.skip:
+            paths.errors["libvirt"] = "skipped (--skip)"
+        if "containerd" in args.skip:
+            paths.errors["containerd"] = "skipped (--skip)"
+
+        for index in range(args.pods):
+            print(f"bench: round {index + 1}/{args.pods}", flush=True)
+            paths.round(index)
+        if "libvirt" in paths.runners:
+            libvirt.stop()
+        if "containerd" in paths.runners:
+            containerd.stop()
+
+        report["start"] = {name: summaries(rows) for name, rows in paths.samples.items() if rows}
+        report["errors"] = paths.errors
+        report["density"] = []
+        for count in args.density:
+            print(f"bench: {count} pods at once", flush=True)
+            try:
+                report["density"].append(density(qmprt, count, args.relists, 10_000 + count * 100, memory_mib))
+            except Exception as err:  # noqa: BLE001
+                report["errors"][f"density {count}"] = error_text(err)
+                print(f"bench: density {count}: {error_text(err)}", flush=True)
+                with contextlib.suppress(Exception):
+                    qmprt.client.remove_all()
+    report["ratios"] = ratios(report["start"])
+    report["load_average_end"] = list(os.getloadavg())
+    report["wall_s"] = time.monotonic() - began
+    return report
+
+
+def ratios(start: dict[str, Any]) -> dict[str, float]:
+    if "qmprt" not in start:
+        return {}
+    mine = start["qmprt"]["total_ms"]["median"]
+    return {f"qmprt/{name}": mine / figures["total_ms"]["median"] for name, figures in start.items() if name != "qmprt"}
+
+
+def table(report: dict[str, Any]) -> str:
+    env, start, errors, ratio = report["environment"], report.get("start", {}), report.get("errors", {}), report.get("ratios", {})
+    load_start = "/".join(f"{value:.2f}" for value in env["load_average"])
+    load_end = "/".join(f"{value:.2f}" for value in report.get("load_average_end", []))
+    lines = [
+        f"qmprt comparative benchmark, {report['date']}",
+        f"accelerator {env['accelerator']} ({env['accelerator_reason']})",
+        f"{env['qemu']}",
+        f"machine {env['machine']}; load average (1/5/15 min) {load_start} at start, {load_end} at end",
+        "",
+        f"Start to guest ready (the tiny guest's marker on its serial console), {report['sizes']['pods']} runs each, interleaved:",
+    ]
+    rows: list[tuple[object, ...]] = []
+
+    def figure(name: str, key: str, label: str, ratio_key: str = "") -> None:
+        if name in start and key in start[name]:
+            value = start[name][key]
+            rows.append((label, value["median"], value["p95"], f"{ratio[ratio_key]:.2f}" if ratio_key in ratio else ""))
+
+    def failed(name: str, label: str) -> None:
+        if name in errors:
+            rows.append((label, None, None, "not measured (see below)"))
+
+    vm = report.get("vm", {})
+    figure("qmprt", "total_ms", f"qmprt VM pod via CRI ({vm.get('machine')}, QCOW2 disk, {vm.get('memory_mib')} MiB, {vm.get('cpus')} vCPU)")
+    failed("qmprt", "qmprt VM pod via CRI")
+    for key, label in (
+        ("runp_ms", "  RunPodSandbox (netns; no CNI configured)"),
+        ("create_ms", "  CreateContainer (overlay + seed ISO + records)"),
+        ("start_ms", "  StartContainer (cgroup, spawn QEMU, QMP up)"),
+        ("spawn_to_output_ms", "  QEMU spawn -> first console byte"),
+        ("output_to_ready_ms", "  first console byte -> ready marker"),
+        ("console_to_log_ms", "  marker in console file -> in CRI log"),
+    ):
+        figure("qmprt", key, label)
+    figure("q35-direct", "prepare_ms", "  overlay + seed ISO alone (engine prepare)")
+    for mode in ENGINE_MODES:
+        figure(mode, "total_ms", f"{mode} direct kernel boot, engine level (VM.start)*", f"qmprt/{mode}")
+        failed(mode, f"{mode} (engine)")
+    figure("floor", "total_ms", "floor: qemu-system-x86_64 from floor.sh, same argv", "qmprt/floor")
+    failed("floor", "floor")
+    figure("floor", "first_output_ms", "  QEMU spawn -> first console byte")
+    lv = report.get("libvirt_version", "")
+    figure("libvirt", "total_ms", f"libvirt {lv}: private libvirtd, virsh define+start", "qmprt/libvirt")
+    failed("libvirt", "libvirt")
+    figure("libvirt", "define_ms", "  virsh define")
+    figure("libvirt", "start_ms", "  virsh start")
+    figure("libvirt", "ready_ms", "  start returned -> ready marker")
+    if report.get("libvirt_cold_ms") is not None:
+        rows.append(("  first boot through the fresh daemon (with its QEMU probe)", report["libvirt_cold_ms"], None, ""))
+    ctd = report.get("containerd_version", "")
+    figure("containerd", "total_ms", f"containerd {ctd}: busybox pod via CRI", "qmprt/containerd")
+    failed("containerd", "containerd busybox pod")
+    for key, label in (("runp_ms", "  RunPodSandbox"), ("create_ms", "  CreateContainer"), ("start_ms", "  StartContainer"),
+                       ("ready_ms", "  start returned -> first log line")):
+        figure("containerd", key, label)
+    lines.append(format_table(("path", "median ms", "p95 ms", "qmprt / path"), rows))
+    if "qmprt" in start and start["qmprt"]["output_to_ready_ms"]["median"] < 1:
+        lines.append("  the tiny guest boots `quiet`: its first console output is the ready marker itself, so the whole guest")
+        lines.append("  boot (firmware, extlinux, kernel, init) falls in 'QEMU spawn -> first console byte'.")
+    lines.append("  * the pod layer cannot boot a kernel directly yet (it always boots q35 from the disk), so direct kernel")
+    lines.append("    boot is measured through VM.start with the same overlay, seed and devices; no CRI calls in it.")
+    if report.get("density"):
+        lines += ["", f"Parallel start and density: VM pods started at once through the CRI socket; relist over {report['sizes']['relists']} rounds:"]
+        drows = []
+        for entry in report["density"]:
+            drows.append((
+                entry["pods"], entry["all_ready_s"], entry["pod_total_ms"]["median"] / 1000, entry["serve_rss_mib"],
+                entry["qemu_rss_mib"]["median"], entry["qemu_overhead_mib"]["median"], entry["qemu_overhead_mib"]["p99"],
+                f"{entry['relist_ms']['p50']:.2f}", f"{entry['relist_ms']['p99']:.2f}",
+            ))
+        lines.append(format_table(
+            ("pods", "all ready s", "per pod s", "serve RSS MiB", "QEMU RSS MiB", "overhead MiB", "max", "relist p50 ms", "p99 ms"), drows
+        ))
+        lines.append("  overhead = a QEMU's RSS minus the guest RAM it touched (smaps of the guest-RAM mapping); median and max over the VMs")
+    if errors:
+        lines += ["", "Not measured:"]
+        lines += [f"  {name}: {text}" for name, text in errors.items()]
+    lines.append(f"\nwall time {report.get('wall_s', 0):.0f} s")
+    return "\n".join(lines)
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="tools/bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", type=int, default=10, help="runs of each start path (default 10)")
+    parser.add_argument("--density", default="1,5,10,20", help="VM pod counts started at once (default 1,5,10,20)")
+    parser.add_argument("--relists", type=int, default=200, help="relist rounds per density step (default 200)")
+    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd")
+    parser.add_argument("--json", help="where to write the figures (default bench-results/bench-<date>.json)")
+    args = parser.parse_args()
+    args.density = [int(count) for count in args.density.split(",") if count]
+    args.skip = {name for name in args.skip.split(",") if name}
+    if os.geteuid() != 0:
+        raise SystemExit("tools/bench/run needs root (cgroups, network namespaces, libvirtd, containerd)")
+    # SIGTERM unwinds like Ctrl-C, so every service and directory is cleaned up.
+    signal.signal(signal.SIGTERM, interrupted)
+    report = run(args)
+    text = table(report)
+    print(text)
+    path = Path(args.json) if args.json else ROOT / "bench-results" / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**report, "table": text}, indent=1))
+    print(f"figures: {path}")
+
+
+if __name__ == "__main__":
+    main()
