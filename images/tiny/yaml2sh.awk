@@ -6,28 +6,66 @@
 # With "prefixes", each file's prefix comes from its base name (one process for the whole seed).
 #
 # Accepted subset (qmprt/cloudinit/ never emits anything else):
-#   - block mappings "key: value" / "key:" with a nested block, keys of [A-Za-z0-9_-];
-#   - block sequences "- value" / "- key: value", indented under their key or at its indent;
-#   - scalars: "double quoted" without escapes, 'single quoted' ('' escapes a quote), or plain;
+#   - block mappings "key: value" / "key:" with a nested block, keys plain or double-quoted;
+#   - block sequences "- value" / "- key: value" / "- - value" (a nested sequence), indented under
+#     their key or at its indent;
+#   - scalars: "double quoted" (escapes \" \\ \n \t \r \xXX \uXXXX \UXXXXXXXX decoded, the code
+#     points written as UTF-8), 'single quoted' ('' escapes a quote), or plain;
 #   - comment lines and blank lines; "---" document start.
 # Output, for a path a.b.0.c (dashes in keys become "_"):
 #   prefix_a_b_0_c='value'      a scalar
 #   prefix_a_b__n=2             the length of a sequence
 #   prefix_a__keys='b d'        the keys of a mapping, in order
-# Values are single-quoted for sh, so any byte but NUL and newline survives.
+# Values are single-quoted for sh, so any byte but NUL survives.
 
 function shquote(s) {
     gsub(/'/, "'\\''", s)
     return "'" s "'"
 }
 
+function utf8(c) {
+    if (c < 128)
+        return sprintf("%c", c)
+    if (c < 2048)
+        return sprintf("%c%c", 192 + int(c / 64), 128 + c % 64)
+    if (c < 65536)
+        return sprintf("%c%c%c", 224 + int(c / 4096), 128 + int(c / 64) % 64, 128 + c % 64)
+    return sprintf("%c%c%c%c", 240 + int(c / 262144), 128 + int(c / 4096) % 64, 128 + int(c / 64) % 64, 128 + c % 64)
+}
+
+function hexval(h,    i, v) {
+    h = tolower(h)
+    v = 0
+    for (i = 1; i <= length(h); i++)
+        v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1
+    return v
+}
+
+# The body of a double-quoted scalar (after its opening quote), escapes decoded, up to its closing quote.
+function unescape(rest,    out, i, c, n) {
+    out = ""
+    while ((i = match(rest, /["\\]/)) > 0) {
+        out = out substr(rest, 1, i - 1)
+        if (substr(rest, i, 1) == "\"")
+            return out
+        c = substr(rest, i + 1, 1)
+        rest = substr(rest, i + 2)
+        if (c == "n") out = out "\n"
+        else if (c == "t") out = out "\t"
+        else if (c == "r") out = out "\r"
+        else if (c == "x" || c == "u" || c == "U") {
+            n = (c == "x") ? 2 : (c == "u") ? 4 : 8
+            out = out utf8(hexval(substr(rest, 1, n)))
+            rest = substr(rest, n + 1)
+        } else out = out c
+    }
+    return out rest
+}
+
 function unquote(v,    q, rest, out, i) {
     q = substr(v, 1, 1)
-    if (q == "\"") {
-        rest = substr(v, 2)
-        i = index(rest, "\"")
-        return (i > 0) ? substr(rest, 1, i - 1) : rest
-    }
+    if (q == "\"")
+        return unescape(substr(v, 2))
     if (q == "'") {
         rest = substr(v, 2)
         out = ""
@@ -144,9 +182,23 @@ FNR == 1 && prefixes != "" {
         match(text, /^ */)
         indent = indent + 1 + RLENGTH
         text = substr(text, RLENGTH + 1)
+        # "- - value": the item is itself a sequence, whose first item starts on this line.
+        while (text ~ /^-( |$)/) {
+            parent = frame_path[depth]
+            seq_order[++nseq] = parent
+            seq_len[parent] = 1
+            depth++
+            frame_indent[depth] = indent
+            frame_path[depth] = parent "_0"
+            frame_item[depth] = 1
+            text = substr(text, 2)
+            match(text, /^ */)
+            indent = indent + 1 + RLENGTH
+            text = substr(text, RLENGTH + 1)
+        }
         if (text == "")
             next
-        if (text ~ /^("[^"]*"|'[^']*'|[^"' #][^:#]*):( |$)/) {
+        if (text ~ /^("([^"\\]|\\.)*"|'[^']*'|[^"' #][^:#]*):( |$)/) {
             mapping_entry(text, indent)
         } else {
             print varname(frame_path[depth]) "=" shquote(unquote(text))

@@ -1,6 +1,6 @@
-"""The NoCloud seed as an ISO 9660 image (volume label ``cidata``).
+"""Seeds as ISO 9660 images: NoCloud (volume label ``cidata``) or ConfigDrive (``config-2``).
 
-Rock Ridge and Joliet keep the names ``meta-data``, ``user-data`` and ``network-config`` intact for
+Rock Ridge and Joliet keep the names (``meta-data``, ``openstack/latest/meta_data.json``…) intact for
 every reader (Linux prefers Rock Ridge; Windows-flavoured tools read Joliet). The image is written
 to a temporary file next to the destination and renamed into place, so a reader never sees half a
 seed; the temporary file is removed on failure. The file is created 0600: the seed holds the
@@ -9,12 +9,14 @@ container's environment.
 
 from __future__ import annotations
 
+import enum
 import io
 import os
 import tempfile
 
 import pycdlib
 
+from qmprt.cloudinit.configdrive import CONFIG_DRIVE_LABEL, META_DATA, NETWORK_DATA, USER_DATA, config_drive_files
 from qmprt.cloudinit.seed import (
     SeedSpec,
     render_meta_data,
@@ -24,16 +26,35 @@ from qmprt.cloudinit.seed import (
 
 VOLUME_LABEL = "cidata"
 
-# (ISO 9660 level-1 name, Rock Ridge / Joliet name)
-_NAMES = {
+
+class SeedFormat(str, enum.Enum):
+    """Which datasource the seed speaks: NoCloud (``cidata``) or OpenStack ConfigDrive (``config-2``)."""
+
+    NOCLOUD = "nocloud"
+    CONFIG_DRIVE = "configdrive"
+
+    @property
+    def label(self) -> str:
+        return VOLUME_LABEL if self is SeedFormat.NOCLOUD else CONFIG_DRIVE_LABEL
+
+
+# path in the seed → ISO 9660 level-1 path of each file and directory a seed can hold.
+_ISO_NAMES = {
     "meta-data": "/METADATA.;1",
     "user-data": "/USERDATA.;1",
     "network-config": "/NETWORKC.;1",
+    "openstack": "/OPENSTAC",
+    "openstack/latest": "/OPENSTAC/LATEST",
+    META_DATA: "/OPENSTAC/LATEST/META_DAT.JSO;1",
+    USER_DATA: "/OPENSTAC/LATEST/USER_DAT.;1",
+    NETWORK_DATA: "/OPENSTAC/LATEST/NETWORK_.JSO;1",
 }
 
 
-def seed_files(spec: SeedSpec) -> dict[str, bytes]:
-    """The seed's files by name; ``network-config`` only when the spec has network settings."""
+def seed_files(spec: SeedSpec, format: SeedFormat = SeedFormat.NOCLOUD) -> dict[str, bytes]:
+    """The seed's files by path; the network file only when the spec has network settings."""
+    if format is SeedFormat.CONFIG_DRIVE:
+        return config_drive_files(spec)
     files = {"meta-data": render_meta_data(spec), "user-data": render_user_data(spec)}
     network_config = render_network_config(spec)
     if network_config is not None:
@@ -41,9 +62,9 @@ def seed_files(spec: SeedSpec) -> dict[str, bytes]:
     return files
 
 
-def write_nocloud_iso(spec: SeedSpec, path: str | os.PathLike[str]) -> None:
-    """Render ``spec`` and write it as a NoCloud seed ISO at ``path``, atomically."""
-    files = seed_files(spec)  # render (and validate) before touching the filesystem
+def write_seed_iso(spec: SeedSpec, path: str | os.PathLike[str], format: SeedFormat = SeedFormat.NOCLOUD) -> None:
+    """Render ``spec`` and write it as a seed ISO of ``format`` at ``path``, atomically."""
+    files = seed_files(spec, format)  # render (and validate) before touching the filesystem
     destination = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(destination))
     fd, temp_path = tempfile.mkstemp(prefix=".seed-", suffix=".iso.tmp", dir=directory)
@@ -52,17 +73,24 @@ def write_nocloud_iso(spec: SeedSpec, path: str | os.PathLike[str]) -> None:
             iso = pycdlib.PyCdlib()
             iso.new(
                 interchange_level=1,
-                vol_ident=VOLUME_LABEL,
+                vol_ident=format.label,
                 joliet=3,
                 rock_ridge="1.09",
                 app_ident_str="qmprt",
             )
+            made: set[str] = set()
             for name, content in files.items():
+                parts = name.split("/")
+                for depth in range(1, len(parts)):
+                    parent = "/".join(parts[:depth])
+                    if parent not in made:
+                        iso.add_directory(_ISO_NAMES[parent], rr_name=parts[depth - 1], joliet_path="/" + parent)
+                        made.add(parent)
                 iso.add_fp(
                     io.BytesIO(content),
                     len(content),
-                    iso_path=_NAMES[name],
-                    rr_name=name,
+                    iso_path=_ISO_NAMES[name],
+                    rr_name=parts[-1],
                     joliet_path="/" + name,
                     file_mode=0o100444,
                 )
@@ -77,3 +105,8 @@ def write_nocloud_iso(spec: SeedSpec, path: str | os.PathLike[str]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_nocloud_iso(spec: SeedSpec, path: str | os.PathLike[str]) -> None:
+    """``write_seed_iso`` for a NoCloud seed."""
+    write_seed_iso(spec, path, SeedFormat.NOCLOUD)

@@ -1,17 +1,22 @@
-"""What a container's NoCloud seed says, and its three files rendered from it.
+"""What a container's seed says, and its NoCloud files rendered from it.
 
-The seed carries the container's hostname, environment, command, extra files and network settings.
-Every file is rendered in the canonical form that both real cloud-init and the tiny guest's init
-(``images/tiny/rcS``) apply the same way; see ``images/README.md`` for the guest side.
+The seed carries the container's hostname, environment, command, extra files, SSH keys, shared
+directory mounts, network settings and, optionally, the user's own user-data. Every file is rendered
+in the canonical form that both real cloud-init and the tiny guest's init (``images/tiny/rcS``)
+apply the same way; see ``images/README.md`` for the guest side. ``qmprt.cloudinit.configdrive``
+renders the same spec in OpenStack's form.
 
-- ``meta-data``: ``instance-id`` and ``local-hostname``.
-- ``user-data``: ``#cloud-config`` with ``hostname``, ``write_files`` (always base64) and ``runcmd``.
+- ``meta-data``: ``instance-id``, ``local-hostname`` and ``public-keys`` (the SSH keys).
+- ``user-data``: ``#cloud-config`` with ``hostname``, ``bootcmd`` (one ``mount -t virtiofs`` per
+  ``SeedMount``: bootcmd runs at every boot, before write_files; cloud-init's own ``mounts`` does not
+  take a virtiofs tag), ``write_files`` (always base64), ``ssh_authorized_keys`` and ``runcmd``.
   The environment is written to ``/etc/cloud/environment`` as ``KEY='value'`` lines; the command is
   written to ``/var/lib/qmprt/command.sh``, which sources the environment and ``exec``s the argv, and
   ``runcmd`` runs that script. A dotted hostname also goes in as ``fqdn`` with
   ``prefer_fqdn_over_hostname`` so cloud-init sets it whole. The DNS settings are repeated in
   cc_resolv_conf's ``resolv_conf`` form, the only place for resolver options (network-config
-  cannot express them; distributions where cc_resolv_conf does not run ignore it).
+  cannot express them; distributions where cc_resolv_conf does not run ignore it). User-supplied
+  user-data is merged into this document or replaces it (``qmprt.cloudinit.userdata`` has the rules).
 - ``network-config``: version 1; one ``physical`` entry per interface (matched by MAC, named,
   optional MTU) with one ``static`` subnet per address, the gateway of each family on its first
   subnet, routes on the first subnet of their family; a ``nameserver`` entry when there are DNS
@@ -26,9 +31,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Union
+from typing import Any, Union
 
-from qmprt.cloudinit import _yaml
+from qmprt.cloudinit import _yaml, userdata
+from qmprt.cloudinit.userdata import UserDataMode
 
 ENVIRONMENT_PATH = "/etc/cloud/environment"
 COMMAND_PATH = "/var/lib/qmprt/command.sh"
@@ -42,6 +48,11 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _DOMAIN = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
 _DNS_OPTION = re.compile(r"([A-Za-z0-9_-]+)(?::([A-Za-z0-9._-]+))?")
+# An authorized_keys line: optional options, then a key type the OpenSSH server knows, then base64.
+_SSH_KEY_TYPE = re.compile(r"ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+")
+_SSH_KEY_DATA = re.compile(r"[A-Za-z0-9+/]+={0,3}")
+_SSH_KEY_MAX = 16 * 1024
+_MOUNT_TAG = re.compile(r"[A-Za-z0-9_.-]{1,36}")  # virtio-fs tags are at most 36 bytes
 
 _EMPTY_ENV: Mapping[str, str] = MappingProxyType({})
 
@@ -53,6 +64,15 @@ class SeedFile:
     path: str
     content: bytes
     permissions: int = 0o644
+
+
+@dataclass(frozen=True)
+class SeedMount:
+    """A virtiofs share the guest mounts at ``path`` (its tag is what ``qmprt.volumes`` gave QEMU)."""
+
+    tag: str
+    path: str
+    read_only: bool = True
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,10 @@ class SeedSpec:
     files: tuple[SeedFile, ...] = ()
     interfaces: tuple[NetworkInterface, ...] = ()
     dns: DNSConfig | None = None
+    ssh_authorized_keys: tuple[str, ...] = ()  # authorized_keys lines
+    mounts: tuple[SeedMount, ...] = ()
+    user_data: bytes | None = None  # the user's own user-data (see qmprt.cloudinit.userdata)
+    user_data_mode: UserDataMode = "merge"
 
 
 def _sh_quote(value: str) -> str:
@@ -131,7 +155,7 @@ def render_command_script(command: tuple[str, ...]) -> bytes:
     ).encode("utf-8")
 
 
-def _check_hostname(hostname: str) -> str:
+def check_hostname(hostname: str) -> str:
     if len(hostname) > _HOSTNAME_MAX or not _HOSTNAME.fullmatch(hostname):
         raise ValueError(
             f"hostname {hostname!r} must be DNS labels (letters, digits, '-') joined by '.',"
@@ -140,19 +164,38 @@ def _check_hostname(hostname: str) -> str:
     return hostname
 
 
-def _check_instance_id(instance_id: str) -> str:
+def check_instance_id(instance_id: str) -> str:
     if not _INSTANCE_ID.fullmatch(instance_id):
         raise ValueError(f"instance id {instance_id!r} must match {_INSTANCE_ID.pattern}")
     return instance_id
 
 
+def check_ssh_keys(keys: tuple[str, ...]) -> list[str]:
+    """The keys, each checked to be one authorized_keys line; ``ValueError`` names the bad one."""
+    for index, key in enumerate(keys):
+        words = key.split(" ")
+        types = [i for i, word in enumerate(words[:-1]) if _SSH_KEY_TYPE.fullmatch(word)]
+        if (
+            len(key) > _SSH_KEY_MAX
+            or not key.isprintable()
+            or not types
+            or not _SSH_KEY_DATA.fullmatch(words[types[0] + 1])
+        ):
+            raise ValueError(
+                f"SSH key {index} ({key[:40]!r}…) is not one authorized_keys line"
+                " ('ssh-ed25519 AAAA… comment', 'ecdsa-sha2-nistp256 …', 'sk-…')"
+            )
+    return list(keys)
+
+
 def render_meta_data(spec: SeedSpec) -> bytes:
-    return _yaml.dump(
-        {
-            "instance-id": _check_instance_id(spec.instance_id),
-            "local-hostname": _check_hostname(spec.hostname),
-        }
-    )
+    document: dict[str, _yaml.Node] = {
+        "instance-id": check_instance_id(spec.instance_id),
+        "local-hostname": check_hostname(spec.hostname),
+    }
+    if spec.ssh_authorized_keys:
+        document["public-keys"] = check_ssh_keys(spec.ssh_authorized_keys)
+    return _yaml.dump(document)
 
 
 def _seed_files(spec: SeedSpec) -> list[SeedFile]:
@@ -183,12 +226,51 @@ def _dns_options(options: tuple[str, ...]) -> dict[str, _yaml.Node]:
     return rendered
 
 
+def _sh_quote_ascii(value: str, what: str) -> str:
+    return _sh_quote(_yaml.check_string(value, what))
+
+
+def mount_command(mount: SeedMount) -> str:
+    """The shell command (a ``bootcmd`` item) that mounts ``mount`` in the guest."""
+    if not _MOUNT_TAG.fullmatch(mount.tag):
+        raise ValueError(f"mount tag {mount.tag!r} must be 1 to 36 of letters, digits, '_', '.', '-'")
+    parts = mount.path.split("/")
+    if not mount.path.startswith("/") or mount.path == "/" or "" in parts[1:] or "." in parts or ".." in parts:
+        raise ValueError(f"mount path {mount.path!r} must be an absolute, normalised path other than /")
+    path = _sh_quote_ascii(mount.path, "mount path")
+    options = "ro" if mount.read_only else "rw"
+    return f"mkdir -p {path} && mount -t virtiofs -o {options} {_sh_quote(mount.tag)} {path}"
+
+
 def render_user_data(spec: SeedSpec) -> bytes:
-    document: dict[str, _yaml.Node] = {"hostname": _check_hostname(spec.hostname)}
+    """user-data: qmprt's ``#cloud-config``, merged with or replaced by the user's user-data."""
+    if spec.user_data_mode not in ("merge", "replace"):
+        raise ValueError(f"user-data mode {spec.user_data_mode!r} must be 'merge' or 'replace'")
+    if spec.user_data_mode == "replace":
+        if spec.user_data is None:
+            raise ValueError("user-data mode replace needs user-data")
+        userdata.check_size(spec.user_data)
+        check_hostname(spec.hostname)
+        return spec.user_data
+    document = qmprt_cloud_config(spec)
+    if spec.user_data is not None:
+        theirs = userdata.parse_cloud_config(spec.user_data)
+        document = userdata.merge(document, theirs, frozenset({ENVIRONMENT_PATH, COMMAND_PATH}))
+    return _yaml.dump(document, header=userdata.CLOUD_CONFIG_HEADER)
+
+
+def qmprt_cloud_config(spec: SeedSpec) -> dict[str, Any]:
+    """qmprt's own cloud-config document for ``spec`` (before any user-data is merged in)."""
+    document: dict[str, Any] = {"hostname": check_hostname(spec.hostname)}
     if "." in spec.hostname:
         # cloud-init would take a dotted hostname as an FQDN and set only its first label.
         document["fqdn"] = spec.hostname
         document["prefer_fqdn_over_hostname"] = True
+    if spec.mounts:
+        paths = [mount.path for mount in spec.mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"mount paths are not unique: {paths}")
+        document["bootcmd"] = [mount_command(mount) for mount in spec.mounts]
     document["write_files"] = [
         {
             "path": _yaml.check_string(seed_file.path, "seed file path"),
@@ -198,20 +280,22 @@ def render_user_data(spec: SeedSpec) -> bytes:
         }
         for seed_file in _seed_files(spec)
     ]
+    if spec.ssh_authorized_keys:
+        document["ssh_authorized_keys"] = check_ssh_keys(spec.ssh_authorized_keys)
     if spec.command:
         document["runcmd"] = [COMMAND_PATH]
     resolv_conf = _resolv_conf(spec.dns)
     if resolv_conf:
         document["manage_resolv_conf"] = True
         document["resolv_conf"] = resolv_conf
-    return _yaml.dump(document, header="#cloud-config")
+    return document
 
 
 def _resolv_conf(dns: DNSConfig | None) -> dict[str, _yaml.Node]:
     """The whole DNS configuration in cc_resolv_conf's form: network-config has no DNS options."""
     if dns is None:
         return {}
-    _check_dns(dns)
+    check_dns(dns)
     resolv_conf: dict[str, _yaml.Node] = {}
     if dns.servers:
         resolv_conf["nameservers"] = list(dns.servers)
@@ -225,7 +309,7 @@ def _resolv_conf(dns: DNSConfig | None) -> dict[str, _yaml.Node]:
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
 
-def _check_dns(dns: DNSConfig) -> None:
+def check_dns(dns: DNSConfig) -> None:
     for server in dns.servers:
         try:
             ipaddress.ip_address(server)
@@ -296,19 +380,23 @@ def _interface_entry(index: int, interface: NetworkInterface) -> dict[str, _yaml
     return entry
 
 
-def render_network_config(spec: SeedSpec) -> bytes | None:
-    """network-config version 1, or ``None`` when the spec has neither interfaces nor DNS."""
-    config: list[_yaml.Node] = [
-        _interface_entry(index, interface) for index, interface in enumerate(spec.interfaces)
-    ]
-    names = [entry["name"] for entry in config if isinstance(entry, dict)]
+def interface_entries(spec: SeedSpec) -> list[dict[str, _yaml.Node]]:
+    """The checked network-config v1 ``physical`` entries of ``spec.interfaces`` (ConfigDrive reuses them)."""
+    entries = [_interface_entry(index, interface) for index, interface in enumerate(spec.interfaces)]
+    names = [entry["name"] for entry in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"interface names are not unique: {names}")
-    macs = [entry["mac_address"] for entry in config if isinstance(entry, dict)]
+    macs = [entry["mac_address"] for entry in entries]
     if len(set(macs)) != len(macs):
         raise ValueError(f"MAC addresses are not unique: {macs}")
+    return entries
+
+
+def render_network_config(spec: SeedSpec) -> bytes | None:
+    """network-config version 1, or ``None`` when the spec has neither interfaces nor DNS."""
+    config: list[_yaml.Node] = list(interface_entries(spec))
     if spec.dns is not None:
-        _check_dns(spec.dns)
+        check_dns(spec.dns)
         if spec.dns.servers:
             nameserver: dict[str, _yaml.Node] = {
                 "type": "nameserver",

@@ -288,3 +288,13 @@ class NumaNode:
     def args(self) -> list[str]:
         # -numa takes no JSON form in QEMU 7.2; none of these values can hold a comma.
         return ["-numa", f"node,nodeid={self.node_id},cpus={self.cpus},memdev={self.memdev}"]
+
+
+@dataclass(frozen=True)
+class RawArgs:
+    """Arguments another mechanism rendered (``qmprt.volumes`` cannot import ``qmprt.vm``), kept as given."""
+
+    argv: tuple[str, ...]
+
+    def args(self) -> list[str]:
+        return list(self.argv)

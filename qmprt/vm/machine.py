@@ -42,6 +42,7 @@ from qmprt.vm.devices import (
     KernelBoot,
     PvPanic,
     QMPMonitor,
+    RawArgs,
     SerialConsole,
     SocketChardev,
     VirtioBalloon,
@@ -131,6 +132,10 @@ class VMConfig:
     binding), ``guest_numa_nodes`` gives the guest that many NUMA nodes, ``hugepages`` backs it with
     hugepages, ``shared_memory`` makes it mappable by other processes (virtiofsd). A layout that cannot
     work anywhere raises ``InvalidArgument`` here; one this host cannot give, at ``VM.start``.
+
+    ``extra_args`` are QEMU arguments rendered by another mechanism (``qmprt.volumes``: block volumes,
+    virtiofs shares, their secret objects), placed after the engine's disks. Secrets in them are
+    files QEMU reads, so the argv (and ``vm.json``) never holds one.
     """
 
     vm_id: str
@@ -148,9 +153,12 @@ class VMConfig:
     guest_numa_nodes: int = 1
     hugepages: HugepageConfig | None = None
     shared_memory: bool = False
+    extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.memory_plan()
+        if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args):
+            raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
 
     def memory_plan(self) -> MemoryPlan:
         return plan_memory(
@@ -178,6 +186,7 @@ class VMConfig:
                 else None,
                 "host_nodes": tuple(document.get("host_nodes", ())),
                 "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
+                "extra_args": tuple(document.get("extra_args", ())),
             }
         )
 
@@ -411,6 +420,8 @@ class VM:
                     bootindex=0 if index == 0 and config.kernel is None else None,
                 )
             )
+        if config.extra_args:
+            devices.append(RawArgs(config.extra_args))
         devices += [
             VirtioSerial("vser0", transport),
             SocketChardev("qga", fds["qga"]),

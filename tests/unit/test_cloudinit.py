@@ -7,9 +7,11 @@ parses with) through the system Python, and the tiny guest's busybox awk parser.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,11 +23,15 @@ from qmprt.cloudinit import (
     COMMAND_PATH,
     ENVIRONMENT_PATH,
     READY_MARKER,
+    USER_DATA_MAX_BYTES,
     DNSConfig,
     NetworkInterface,
     Route,
     SeedFile,
+    SeedFormat,
+    SeedMount,
     SeedSpec,
+    mount_command,
     render_command_script,
     render_environment,
     render_meta_data,
@@ -33,6 +39,7 @@ from qmprt.cloudinit import (
     render_user_data,
     seed_files,
     write_nocloud_iso,
+    write_seed_iso,
 )
 from qmprt.cloudinit import iso as iso_module
 
@@ -310,13 +317,15 @@ def test_route_destination_normalised() -> None:
     assert config is not None and b'network: "10.1.0.0/16"' in config
 
 
-def _read_iso(path: Path) -> tuple[dict[str, bytes], dict[str, bytes], str]:
+def _read_iso(
+    path: Path, names: tuple[str, ...] = ("meta-data", "user-data", "network-config")
+) -> tuple[dict[str, bytes], dict[str, bytes], str]:
     iso = pycdlib.PyCdlib()
     iso.open(str(path))
     try:
         by_rr: dict[str, bytes] = {}
         by_joliet: dict[str, bytes] = {}
-        for name in ("meta-data", "user-data", "network-config"):
+        for name in names:
             for store, kwargs in ((by_rr, {"rr_path": f"/{name}"}), (by_joliet, {"joliet_path": f"/{name}"})):
                 out = io.BytesIO()
                 try:
@@ -481,3 +490,228 @@ def test_guest_awk_parser_reads_what_was_meant(tmp_path: Path) -> None:
     assert net["nc_config_0_subnets_0_routes_0_network"] == "10.96.0.0/12"
     assert net["nc_config_0_subnets_1_address"] == "fd00::5/64"
     assert net["nc_config_1_address_0"] == "10.96.0.10" and net["nc_config_1_search_0"] == "svc.cluster.local"
+
+
+# ---- SSH keys, mounts, user-data, ConfigDrive ----
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq2Wm2n8uYcKqY0cX9qJ7x1lq0wq7m1mM6d5p3Q9g5B alice@example"
+
+
+def test_ssh_keys_in_meta_data_and_cloud_config() -> None:
+    spec = SeedSpec(instance_id="i", hostname="h", ssh_authorized_keys=(SSH_KEY, 'from="10.0.0.0/8" ' + SSH_KEY))
+    assert render_meta_data(spec).decode() == (
+        'instance-id: "i"\nlocal-hostname: "h"\npublic-keys:\n'
+        f'  - "{SSH_KEY}"\n  - "from=\\"10.0.0.0/8\\" {SSH_KEY}"\n'
+    )
+    loaded = _pyyaml_load({"user-data": render_user_data(spec), "meta-data": render_meta_data(spec)})
+    assert loaded["user-data"]["ssh_authorized_keys"] == list(spec.ssh_authorized_keys)  # type: ignore[index]
+    assert loaded["meta-data"]["public-keys"] == list(spec.ssh_authorized_keys)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "AAAAC3Nza", "ssh-ed25519", f"{SSH_KEY}\n{SSH_KEY}", "ssh-ed25519 not*base64", "ssh-rsa AAAA\x00"],
+    ids=["empty", "no-type", "no-data", "two-lines", "bad-data", "nul"],
+)
+def test_bad_ssh_keys_rejected(key: str) -> None:
+    with pytest.raises(ValueError, match="SSH key 0"):
+        render_meta_data(SeedSpec(instance_id="i", hostname="h", ssh_authorized_keys=(key,)))
+
+
+def test_mounts_are_bootcmd() -> None:
+    spec = SeedSpec(
+        instance_id="i", hostname="h",
+        mounts=(SeedMount("cfg", "/etc/my config"), SeedMount("data.1", "/data", read_only=False)),
+    )
+    text = render_user_data(spec).decode()
+    assert text.startswith(
+        '#cloud-config\nhostname: "h"\nbootcmd:\n'
+        "  - \"mkdir -p '/etc/my config' && mount -t virtiofs -o ro 'cfg' '/etc/my config'\"\n"
+        "  - \"mkdir -p '/data' && mount -t virtiofs -o rw 'data.1' '/data'\"\n"
+        "write_files:\n"
+    )
+    assert mount_command(SeedMount("t", "/it's")) == "mkdir -p '/it'\\''s' && mount -t virtiofs -o ro 't' '/it'\\''s'"
+
+
+@pytest.mark.parametrize(
+    ("mount", "message"),
+    [
+        (SeedMount("", "/a"), "mount tag"),
+        (SeedMount("x" * 37, "/a"), "mount tag"),
+        (SeedMount("a b", "/a"), "mount tag"),
+        (SeedMount("t", "relative"), "mount path"),
+        (SeedMount("t", "/"), "mount path"),
+        (SeedMount("t", "/a/../b"), "mount path"),
+        (SeedMount("t", "/a//b"), "mount path"),
+        (SeedMount("t", '/a"b'), "mount path"),
+    ],
+    ids=["empty-tag", "long-tag", "space-tag", "relative", "root", "dotdot", "double-slash", "quote"],
+)
+def test_bad_mounts_rejected(mount: SeedMount, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        render_user_data(SeedSpec(instance_id="i", hostname="h", mounts=(mount,)))
+
+
+def test_duplicate_mount_paths_rejected() -> None:
+    spec = SeedSpec(instance_id="i", hostname="h", mounts=(SeedMount("a", "/x"), SeedMount("b", "/x")))
+    with pytest.raises(ValueError, match="mount paths are not unique"):
+        render_user_data(spec)
+
+
+USER_CLOUD_CONFIG = b"""#cloud-config
+hostname: not-the-pod
+fqdn: not.the.pod
+packages: [curl, "jq"]
+runcmd:
+  - echo "user's first"
+  - [sh, -c, 'echo $HOME']
+write_files:
+  - path: /etc/motd
+    content: |
+      Welcome, "friend"\\
+      tab\there
+    permissions: '0644'
+resolv_conf:
+  nameservers: [9.9.9.9]
+  domain: example.org
+manage_resolv_conf: false
+created: 2024-01-02
+ratio: 0.5
+nothing: ~
+empty: {}
+"""
+
+
+def test_user_data_merge_order() -> None:
+    spec = dataclasses.replace(small_spec(), user_data=USER_CLOUD_CONFIG)
+    merged = _pyyaml_load({"user-data": render_user_data(spec)})["user-data"]
+    assert isinstance(merged, dict)
+    ours = _pyyaml_load({"user-data": render_user_data(small_spec())})["user-data"]
+    assert isinstance(ours, dict)
+    assert list(merged) == [*ours, "packages", "created", "ratio", "nothing", "empty"]
+    assert merged["hostname"] == "web-1" and "fqdn" not in merged
+    assert merged["runcmd"] == [COMMAND_PATH, "echo \"user's first\"", ["sh", "-c", "echo $HOME"]]
+    assert [entry["path"] for entry in merged["write_files"]] == [ENVIRONMENT_PATH, COMMAND_PATH, "/etc/motd"]
+    assert merged["write_files"][2]["content"] == 'Welcome, "friend"\\\ntab\there\n'
+    assert merged["resolv_conf"]["nameservers"] == ["10.96.0.10", "9.9.9.9"]
+    assert merged["resolv_conf"]["domain"] == "example.org"
+    assert merged["manage_resolv_conf"] is False  # the user's scalar wins
+    assert merged["packages"] == ["curl", "jq"]
+    assert merged["created"] == "2024-01-02"  # dates stay strings
+    assert (merged["ratio"], merged["nothing"], merged["empty"]) == (0.5, None, {})
+
+
+def test_merged_user_data_reaches_the_tiny_guest(tmp_path: Path) -> None:
+    spec = dataclasses.replace(small_spec(), user_data=USER_CLOUD_CONFIG)
+    user = _awk_parse(render_user_data(spec), "ud", tmp_path)
+    assert user["ud_hostname"] == "web-1"
+    assert user["ud_write_files__n"] == "3"
+    assert user["ud_write_files_2_content"] == 'Welcome, "friend"\\\ntab\there\n'
+    assert user["ud_write_files_2_permissions"] == "0644"
+    assert user["ud_runcmd_1"] == "echo \"user's first\""
+    assert user["ud_runcmd_2_2"] == "echo $HOME"
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES[1:], ids=range(1, len(HOSTILE_VALUES)))
+def test_user_strings_round_trip_through_both_readers(tmp_path: Path, value: str) -> None:
+    quoted = json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")  # raw DEL is no YAML
+    document = f"#cloud-config\nnote: {quoted}\nlist:\n  - - {quoted}\n"
+    spec = SeedSpec(instance_id="i", hostname="h", user_data=document.encode())
+    rendered = render_user_data(spec)
+    loaded = _pyyaml_load({"user-data": rendered})["user-data"]
+    assert loaded["note"] == value and loaded["list"] == [[value]]  # type: ignore[index]
+    parsed = _awk_parse(rendered, "ud", tmp_path)
+    assert parsed["ud_note"] == value and parsed["ud_list_0_0"] == value
+
+
+@pytest.mark.parametrize(
+    ("user_data", "message"),
+    [
+        (b"#!/bin/sh\necho hi\n", "must start with the line '#cloud-config'; this is a script"),
+        (b"packages: [a]\n", "must start with the line '#cloud-config'"),
+        (b"#cloud-config\n- a\n- b\n", "must be a mapping"),
+        (b"#cloud-config\nkey: [unclosed\n", "not valid YAML"),
+        (b"#cloud-config\na: &x [1]\nb: *x\n", "aliases are not accepted"),
+        (b"#cloud-config\n1: one\n", "key 1 is not a string"),
+        (b"#cloud-config\nblob: !!binary aGk=\n", "binary"),
+        (b"#cloud-config\nx: !!python/object:os.system {}\n", "not valid YAML"),
+        (b"#cloud-config\n\xff\n", "not UTF-8"),
+        (b"#cloud-config\nruncmd: echo\n", "user-data.runcmd must be a list"),
+        (b"#cloud-config\nresolv_conf: off\n", "user-data.resolv_conf must be a mapping"),
+        (b"#cloud-config\nwrite_files:\n  - path: /etc/cloud/environment\n", "is written by qmprt"),
+        (b"#cloud-config\nnul: \"\\0\"\n", "NUL"),
+        (b"#cloud-config\n" + b"a: 1\n" * 20000, "at most 65536 bytes"),
+    ],
+    ids=["script", "no-header", "list", "bad-yaml", "alias", "int-key", "binary", "python-tag", "not-utf8",
+         "runcmd-scalar", "resolv-scalar", "reserved-path", "nul", "too-big"],
+)
+def test_bad_user_data_rejected(user_data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        render_user_data(dataclasses.replace(small_spec(), user_data=user_data))
+
+
+def test_user_data_replace_is_verbatim() -> None:
+    script = b"#!/bin/sh\necho 'replaced' \xe2\x9c\x93\n"
+    spec = dataclasses.replace(small_spec(), user_data=script, user_data_mode="replace", ssh_authorized_keys=(SSH_KEY,))
+    assert render_user_data(spec) == script
+    assert SSH_KEY.encode() in render_meta_data(spec)  # keys still reach the guest
+    with pytest.raises(ValueError, match="replace needs user-data"):
+        render_user_data(dataclasses.replace(small_spec(), user_data_mode="replace"))
+    with pytest.raises(ValueError, match="at most 65536 bytes"):
+        render_user_data(dataclasses.replace(spec, user_data=b"#" * (USER_DATA_MAX_BYTES + 1)))
+    with pytest.raises(ValueError, match="mode 'both'"):
+        render_user_data(dataclasses.replace(spec, user_data_mode="both"))  # type: ignore[arg-type]
+
+
+def test_empty_cloud_config_merges_to_ours() -> None:
+    spec = dataclasses.replace(small_spec(), user_data=b"#cloud-config\n")
+    assert render_user_data(spec) == render_user_data(small_spec())
+
+
+def test_config_drive_files(tmp_path: Path) -> None:
+    spec = dataclasses.replace(small_spec(), ssh_authorized_keys=(SSH_KEY,))
+    files = seed_files(spec, SeedFormat.CONFIG_DRIVE)
+    assert set(files) == {
+        "openstack/latest/meta_data.json", "openstack/latest/user_data", "openstack/latest/network_data.json",
+    }
+    assert files["openstack/latest/user_data"] == render_user_data(spec)
+    assert json.loads(files["openstack/latest/meta_data.json"]) == {
+        "uuid": "iid-0123", "hostname": "web-1", "name": "web-1", "launch_index": 0,
+        "public_keys": {"key-0": SSH_KEY},
+    }
+    assert json.loads(files["openstack/latest/network_data.json"]) == {
+        "links": [{"id": "eth0", "name": "eth0", "type": "phy", "ethernet_mac_address": "52:54:00:ab:cd:ef", "mtu": 1450}],
+        "networks": [
+            {
+                "id": "network0", "link": "eth0", "type": "ipv4", "ip_address": "10.88.0.5", "netmask": "255.255.0.0",
+                "routes": [
+                    {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.88.0.1"},
+                    {"network": "10.96.0.0", "netmask": "255.240.0.0", "gateway": "10.88.0.1"},
+                ],
+            },
+            {
+                "id": "network1", "link": "eth0", "type": "ipv6", "ip_address": "fd00::5",
+                "netmask": "ffff:ffff:ffff:ffff:0000:0000:0000:0000",
+                "routes": [{"network": "::", "netmask": "0000:0000:0000:0000:0000:0000:0000:0000", "gateway": "fd00::1"}],
+            },
+        ],
+        "services": [{"type": "dns", "address": "10.96.0.10"}],
+    }
+    assert "openstack/latest/network_data.json" not in seed_files(
+        SeedSpec(instance_id="i", hostname="h"), SeedFormat.CONFIG_DRIVE
+    )
+
+
+def test_config_drive_iso(tmp_path: Path) -> None:
+    spec = small_spec()
+    path = tmp_path / "config.iso"
+    write_seed_iso(spec, path, SeedFormat.CONFIG_DRIVE)
+    names = tuple(seed_files(spec, SeedFormat.CONFIG_DRIVE))
+    by_rr, by_joliet, label = _read_iso(path, names)
+    assert by_rr == by_joliet == seed_files(spec, SeedFormat.CONFIG_DRIVE)
+    assert label == "config-2"
+    assert path.stat().st_mode & 0o777 == 0o600
+    blkid = shutil.which("blkid")
+    if blkid is not None:
+        result = subprocess.run([blkid, "-o", "export", str(path)], capture_output=True, text=True)
+        assert "LABEL=config-2" in result.stdout.splitlines()
