@@ -5,8 +5,9 @@ arguments into ``VMConfig.extra_args`` (``volume_args`` + ``shares_args``; a sha
 ``VMConfig.shared_memory``), run one ``VirtiofsDaemon`` per share before the VM starts, and persist
 each daemon's ``to_json()`` to adopt or stop it after a restart.
 
-- ``qmprt.volumes.block``: host block devices and raw files, ephemeral qcow2 disks, Ceph RBD and
-  iSCSI (secrets through QEMU ``secret`` objects reading 0600 files), each with a stable serial;
+- ``qmprt.volumes.block``: host block devices and raw files, ephemeral qcow2 disks, each with a
+  stable serial; ``qmprt.volumes.network``: Ceph RBD and iSCSI (secrets through QEMU ``secret``
+  objects reading 0600 files);
 - ``qmprt.volumes.virtiofs``: host directories through virtiofsd, read-only when asked.
 
 Invalid descriptions raise ``InvalidArgument``; a host that cannot run virtiofsd ``FailedPrecondition``
@@ -20,14 +21,13 @@ from qmprt.volumes.block import (
     Bus,
     EphemeralVolume,
     HostBlockVolume,
-    ISCSIVolume,
     QMPCommand,
-    RBDVolume,
     SecretObject,
     Transport,
     volume_args,
     write_secret,
 )
+from qmprt.volumes.network import ISCSIVolume, RBDVolume
 from qmprt.volumes.virtiofs import VIRTIOFSD, VirtiofsDaemon, VirtiofsShare, shares_args, virtiofs_unavailable
 
 __all__ = [

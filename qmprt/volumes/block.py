@@ -6,9 +6,9 @@ that hot-plug the same thing (``object-add``, ``blockdev-add``, ``device_add``).
 
 - ``HostBlockVolume``: a host block device (``host_device`` driver) or a raw file (``file``);
 - ``EphemeralVolume``: a qcow2 file qmprt creates (``ensure``) in a directory it is given and deletes;
-- ``RBDVolume``: a Ceph RBD image (``rbd`` driver: pool, image, monitors as ``server``, user); the
+- ``RBDVolume`` (``qmprt.volumes.network``): a Ceph RBD image (``rbd`` driver: pool, image, monitors as ``server``, user); the
   key comes from a ``secret`` object reading a 0600 file (``write_secret``), never the command line;
-- ``ISCSIVolume``: an iSCSI LUN (``iscsi`` driver: portal, target, LUN, optional CHAP user whose
+- ``ISCSIVolume`` (``qmprt.volumes.network``): an iSCSI LUN (``iscsi`` driver: portal, target, LUN, optional CHAP user whose
   password is a ``secret`` object too).
 
 ``Attachment`` says how the guest sees a volume: on ``virtio-blk`` (default) or ``virtio-scsi``
@@ -48,9 +48,6 @@ QEMU_IMG_TIMEOUT_S = 60.0
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 _SERIAL = re.compile(rf"[A-Za-z0-9_.-]{{1,{SERIAL_MAX}}}")
-_CEPH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
-_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
-_IQN = re.compile(r"iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[A-Za-z0-9.:_-]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32}")
 
 
 def _json(document: dict[str, Any]) -> str:
@@ -60,18 +57,6 @@ def _json(document: dict[str, Any]) -> str:
 def virtio_driver(kind: str, transport: Transport) -> str:
     """``virtio-scsi`` → ``virtio-scsi-pci`` on PCI, ``virtio-scsi-device`` on MMIO."""
     return f"{kind}-pci" if transport == "pci" else f"{kind}-device"
-
-
-def parse_host_port(address: str, default_port: int, what: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` → (host, port); ``InvalidArgument`` otherwise."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([^:\[\]]+)(?::(\d{1,5}))?", address)
-    if not match:
-        raise InvalidArgument(f"{what} {address!r} must be host, host:port or [ipv6]:port")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4) or default_port)
-    if not (match.group(1) or _HOST.fullmatch(host)) or not 0 < port < 65536:
-        raise InvalidArgument(f"{what} {address!r} must be host, host:port or [ipv6]:port")
-    return host, port
 
 
 @dataclass(frozen=True)
@@ -163,8 +148,8 @@ def write_secret(path: str | os.PathLike[str], secret: bytes, format: SecretForm
         raise
 
 
-class _BlockVolume:
-    """The rendering every volume shares; subclasses say which protocol node and format they are."""
+class BlockVolume:
+    """A volume's rendering, shared by every kind; subclasses say which protocol node and format they are."""
 
     attachment: Attachment
     format_driver: ClassVar[Literal["raw", "qcow2"]] = "raw"
@@ -206,7 +191,7 @@ class _BlockVolume:
 
 
 @dataclass(frozen=True)
-class HostBlockVolume(_BlockVolume):
+class HostBlockVolume(BlockVolume):
     """A host block device (``host_device``) or raw file (``file``) handed to the guest as it is."""
 
     attachment: Attachment
@@ -231,7 +216,7 @@ class HostBlockVolume(_BlockVolume):
 
 
 @dataclass(frozen=True)
-class EphemeralVolume(_BlockVolume):
+class EphemeralVolume(BlockVolume):
     """A qcow2 data disk that lives as long as its owner (a pod) and is deleted with it."""
 
     attachment: Attachment
@@ -290,94 +275,6 @@ async def _run(argv: list[str]) -> str:
     if process.returncode != 0:
         raise InternalError(f"{' '.join(argv)} failed: {stderr.decode(errors='replace').strip()}")
     return stdout.decode()
-
-
-@dataclass(frozen=True)
-class RBDVolume(_BlockVolume):
-    """A Ceph RBD image. ``monitors`` are ``host[:port]`` (6789 by default); without any, librados
-    reads them from ``conf`` (or ``/etc/ceph/ceph.conf``). ``key_file`` holds the user's key in base64
-    (``write_secret(..., format="base64")``)."""
-
-    attachment: Attachment
-    pool: str
-    image: str
-    monitors: tuple[str, ...] = ()
-    user: str | None = None
-    key_file: str | None = None
-    namespace: str | None = None
-    snapshot: str | None = None
-    conf: str | None = None
-
-    def __post_init__(self) -> None:
-        for what, value in (("pool", self.pool), ("image", self.image), ("user", self.user),
-                            ("namespace", self.namespace), ("snapshot", self.snapshot)):
-            if value is not None and not _CEPH_NAME.fullmatch(value):
-                raise InvalidArgument(f"RBD volume {self.attachment.name}: {what} {value!r} must be of A-Z a-z 0-9 _ . -")
-        for monitor in self.monitors:
-            parse_host_port(monitor, 6789, f"RBD volume {self.attachment.name}: monitor")
-        if self.key_file is not None and self.user is None:
-            raise InvalidArgument(f"RBD volume {self.attachment.name}: a key needs the user it belongs to")
-
-    def secrets(self) -> tuple[SecretObject, ...]:
-        return self._secret("key", self.key_file, "base64")
-
-    def protocol(self) -> dict[str, Any]:
-        document: dict[str, Any] = {"driver": "rbd", "pool": self.pool, "image": self.image}
-        optional = {"namespace": self.namespace, "snapshot": self.snapshot, "conf": self.conf, "user": self.user}
-        document.update({key: value for key, value in optional.items() if value is not None})
-        if self.monitors:
-            servers = [parse_host_port(monitor, 6789, "monitor") for monitor in self.monitors]
-            document["server"] = [{"host": host, "port": str(port)} for host, port in servers]
-        if self.key_file is not None:
-            document["key-secret"] = self._secret_id("key")
-            document["auth-client-required"] = ["cephx"]
-        return document
-
-
-@dataclass(frozen=True)
-class ISCSIVolume(_BlockVolume):
-    """An iSCSI LUN over TCP. ``portal`` is ``host[:port]`` (3260 by default); CHAP when ``user`` is
-    given, its password read from ``password_file`` (``write_secret``, raw)."""
-
-    attachment: Attachment
-    portal: str
-    target: str
-    lun: int = 0
-    user: str | None = None
-    password_file: str | None = None
-    initiator_name: str | None = None
-
-    def __post_init__(self) -> None:
-        name = self.attachment.name
-        parse_host_port(self.portal, 3260, f"iSCSI volume {name}: portal")
-        for what, value in (("target", self.target), ("initiator name", self.initiator_name)):
-            if value is not None and not _IQN.fullmatch(value):
-                raise InvalidArgument(f"iSCSI volume {name}: {what} {value!r} must be an iqn., eui. or naa. name")
-        if not 0 <= self.lun < 16384:
-            raise InvalidArgument(f"iSCSI volume {name}: LUN {self.lun} is out of range")
-        if (self.user is None) != (self.password_file is None):
-            raise InvalidArgument(f"iSCSI volume {name}: CHAP needs both a user and a password")
-        if self.user is not None and not _CEPH_NAME.fullmatch(self.user):
-            raise InvalidArgument(f"iSCSI volume {name}: user {self.user!r} must be of A-Z a-z 0-9 _ . -")
-
-    def secrets(self) -> tuple[SecretObject, ...]:
-        return self._secret("chap", self.password_file, "raw")
-
-    def protocol(self) -> dict[str, Any]:
-        host, port = parse_host_port(self.portal, 3260, "portal")
-        portal = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        document: dict[str, Any] = {
-            "driver": "iscsi", "transport": "tcp", "portal": portal, "target": self.target, "lun": self.lun,
-        }
-        if self.user is not None:
-            document["user"] = self.user
-            document["password-secret"] = self._secret_id("chap")
-        if self.initiator_name is not None:
-            document["initiator-name"] = self.initiator_name
-        return document
-
-
-BlockVolume = HostBlockVolume | EphemeralVolume | RBDVolume | ISCSIVolume
 
 
 def scsi_controller_args(transport: Transport) -> list[str]:
