@@ -4,20 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qmprt.cloudinit import DNSConfig, SeedSpec, write_nocloud_iso
+from qmprt.cloudinit import DNSConfig, SeedFormat, SeedSpec, write_seed_iso
 from qmprt.config import Config
 from qmprt.errors import InvalidArgument
 from qmprt.pod.model import ContainerSpec, SandboxSpec
+from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.records import ContainerRecord
+from qmprt.pod.storage import StoragePlan, shares_from_json
 from qmprt.vm.machine import DiskConfig, VMConfig
 from qmprt.vm.numa import HugepageConfig
+from qmprt.volumes import Transport, shares_args
 from qmprt.vm.spec import Accelerator
 
 OVERLAY_FILE = "overlay.qcow2"
 SEED_FILE = "seed.iso"
+TRANSPORT: Transport = "pci"  # containers boot q35
 
 
-def seed_spec(container_id: str, container: ContainerSpec, sandbox: SandboxSpec) -> SeedSpec:
+def seed_spec(
+    container_id: str, container: ContainerSpec, sandbox: SandboxSpec, requested: QmprtAnnotations, plan: StoragePlan
+) -> SeedSpec:
     hostname = sandbox.hostname or sandbox.metadata.name
     dns = None
     if sandbox.dns.servers or sandbox.dns.searches or sandbox.dns.options:
@@ -29,15 +35,25 @@ def seed_spec(container_id: str, container: ContainerSpec, sandbox: SandboxSpec)
             env=dict(container.envs),
             command=container.command + container.args,
             dns=dns,
+            files=plan.files,
+            mounts=plan.seed_mounts,
+            ssh_authorized_keys=requested.ssh_authorized_keys,
+            user_data=requested.user_data.encode() if requested.user_data is not None else None,
+            user_data_mode=requested.user_data_mode,  # type: ignore[arg-type]
         )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
 
 
-def write_seed(directory: Path, container_id: str, container: ContainerSpec, sandbox: SandboxSpec) -> Path:
+def write_seed(
+    directory: Path, container_id: str, container: ContainerSpec, sandbox: SandboxSpec,
+    requested: QmprtAnnotations, plan: StoragePlan,
+) -> Path:
     path = directory / SEED_FILE
     try:
-        write_nocloud_iso(seed_spec(container_id, container, sandbox), path)
+        write_seed_iso(
+            seed_spec(container_id, container, sandbox, requested, plan), path, SeedFormat(requested.seed_format)
+        )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
     return path
@@ -48,7 +64,7 @@ def vm_config(container_id: str, directory: Path, record: ContainerRecord, confi
     return VMConfig(
         vm_id=container_id,
         root_disk=DiskConfig(str(directory / OVERLAY_FILE), "qcow2"),
-        seed=DiskConfig(str(directory / SEED_FILE), "raw", read_only=True, serial="cidata"),
+        seed=DiskConfig(str(directory / SEED_FILE), "raw", read_only=True, serial=SeedFormat(record.seed_format).label),
         machine="q35",
         accel=accel,
         cpus=record.vcpus,
@@ -56,6 +72,8 @@ def vm_config(container_id: str, directory: Path, record: ContainerRecord, confi
         host_nodes=record.host_nodes,
         guest_numa_nodes=record.guest_numa_nodes,
         hugepages=HugepageConfig(page_size_kib=record.hugepage_page_kib) if record.hugepage_page_kib else None,
+        extra_args=record.volume_args + shares_args(shares_from_json(record.shares), TRANSPORT),
+        shared_memory=bool(record.shares),
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,
     )

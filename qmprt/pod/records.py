@@ -23,6 +23,7 @@ from typing import Any
 from qmprt import state
 from qmprt.cgroups import Cgroup
 from qmprt.pod.model import ContainerSpec, SandboxSpec
+from qmprt.pod.storage import ShareDaemons
 from qmprt.pod.states import ContainerState, SandboxState, check_container_transition, check_sandbox_transition
 from qmprt.pod.types import ContainerInfo, ContainerStatus, SandboxInfo, SandboxStatus
 from qmprt.vm.console import CRILogWriter
@@ -87,6 +88,9 @@ class ContainerRecord:
     host_nodes: tuple[int, ...] = ()  # cpuset_mems: guest RAM bound to these host NUMA nodes
     guest_numa_nodes: int = 1
     hugepage_page_kib: int | None = None
+    seed_format: str = "nocloud"
+    volume_args: tuple[str, ...] = ()  # rendered disks: devices, data, RBD, iSCSI volumes
+    shares: tuple[dict[str, Any], ...] = ()  # virtiofs shares (qmprt.volumes.VirtiofsShare fields)
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "spec": self.spec.to_json()}
@@ -98,6 +102,8 @@ class ContainerRecord:
                 **document,
                 "spec": ContainerSpec.from_json(document["spec"]),
                 "host_nodes": tuple(document.get("host_nodes", ())),
+                "volume_args": tuple(document.get("volume_args", ())),
+                "shares": tuple(document.get("shares", ())),
             }
         )
 
@@ -110,6 +116,7 @@ class Container:
         self._status = status
         self.vm: VM | None = None
         self.cgroup: Cgroup | None = None  # the VM's cgroup, with the full interface (limits, stats)
+        self.share_daemons: ShareDaemons | None = None  # virtiofsd of its directory mounts
         self.log_writer: CRILogWriter | None = None
         self.lock = asyncio.Lock()
 

@@ -27,6 +27,7 @@ from qmprt.errors import QmprtError
 from qmprt.net import netns
 from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE, Container, Sandbox
 from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.pod.storage import ShareDaemons
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM, VMState
 
@@ -102,7 +103,9 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
         )
         return "exited"
     runtime.attach_vm(container, vm, writer, cgroup)
+    container.share_daemons = ShareDaemons.adopt(container.directory)
     if vm.status.state == VMState.EXITED:
+        await runtime.stop_share_daemons(container)
         if status.state == ContainerState.CREATED:
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
         container.sync_from_vm()

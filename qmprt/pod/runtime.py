@@ -30,7 +30,7 @@ from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
 from qmprt.pod.sizing import size_vm
 from qmprt.pod.states import ContainerState, SandboxState
-from qmprt.pod.storage import check_devices, check_mounts
+from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage, shares_from_json, shares_to_json
 from qmprt.pod.stats import container_stats, sandbox_stats
 from qmprt.pod.types import (
     ContainerInfo,
@@ -316,7 +316,8 @@ class Runtime:
                     create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE, root_disk_bytes,  # type: ignore[arg-type]
                     base_virtual_size_bytes=image.virtual_size,
                 )
-                await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec)
+                plan = await plan_storage(spec, requested, directory, self.container_run_dir(container_id), guest.TRANSPORT)
+                await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec, requested, plan)
                 record = ContainerRecord(
                     spec=spec,
                     sandbox_id=sandbox.id,
@@ -331,6 +332,9 @@ class Runtime:
                     host_nodes=host_nodes,
                     guest_numa_nodes=requested.guest_numa_nodes(vcpus),
                     hugepage_page_kib=size.hugepage_page_kib,
+                    seed_format=requested.seed_format,
+                    volume_args=plan.volume_args,
+                    shares=shares_to_json(plan.shares),
                 )
                 # A layout this VM type or host cannot give is refused now, not at start.
                 check_host(guest.vm_config(container_id, directory, record, self.config, self.accel.accel).memory_plan())
@@ -418,6 +422,14 @@ class Runtime:
             config = guest.vm_config(container.id, container.directory, container.record, self.config, self.accel.accel)
             cgroup: cgroups.Cgroup | None = None
             try:
+                shares = shares_from_json(container.record.shares)
+                if shares:
+                    # virtiofsd runs beside the VM's cgroup, not in it: its memory is not the guest's.
+                    state.ensure_private_dir(self.container_run_dir(container.id))
+                    fs_cgroup = self.cgroup_driver.create(f"{container.record.cgroup_path}-fs")
+                    container.share_daemons = await ShareDaemons.start(
+                        container.directory, shares, fs_cgroup.exec_prefix()
+                    )
                 cgroup = self.make_cgroup(container)
                 vm = await VM.start(
                     config, container.directory, self.container_run_dir(container.id), cgroup=cgroup, log_writer=log_writer
@@ -427,6 +439,7 @@ class Runtime:
                     with contextlib.suppress(Exception):
                         cgroup.kill()
                         cgroup.delete()
+                await self.stop_share_daemons(container)
                 if log_writer is not None:
                     log_writer.close()
                 with contextlib.suppress(Exception):
@@ -455,9 +468,21 @@ class Runtime:
         if container.log_writer is not None:
             container.log_writer.close()
             container.log_writer = None
+        if container.share_daemons is not None:
+            asyncio.get_running_loop().create_task(self.stop_share_daemons(container))
         log.info(
             "container %s exited: %s %s", container.id[:12], container.status.exit_code, container.status.reason
         )
+
+    async def stop_share_daemons(self, container: Container) -> None:
+        """virtiofsd ends with its QEMU connection; stop any left and remove their cgroup."""
+        daemons, container.share_daemons = container.share_daemons, None
+        if daemons is not None:
+            await daemons.stop()
+        fs_cgroup = f"{container.record.cgroup_path}-fs"
+        with contextlib.suppress(Exception):
+            if self.cgroup_driver.exists(fs_cgroup):
+                self.cgroup_driver.open(fs_cgroup).delete()
 
     async def stop_container(self, container_id: str, timeout_s: int) -> None:
         try:
@@ -491,6 +516,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 if self.cgroup_driver.exists(container.record.cgroup_path):
                     self.cgroup_driver.open(container.record.cgroup_path).delete()
+            await self.stop_share_daemons(container)
             shutil.rmtree(self.container_run_dir(container.id), ignore_errors=True)
             await asyncio.to_thread(shutil.rmtree, container.directory, True)
             self._forget_container(container)

@@ -7,12 +7,33 @@ absolute. Refusals are INVALID_ARGUMENT with the offending path named.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from qmprt.errors import InvalidArgument
-from qmprt.pod.model import DeviceSpec, MountSpec
+from qmprt import state
+from qmprt.cloudinit import SeedFile, SeedMount
+from qmprt.errors import InvalidArgument, NotFound
+from qmprt.pod.annotations import ISCSI_VOLUMES, RBD_VOLUMES, QmprtAnnotations
+from qmprt.pod.model import ContainerSpec, DeviceSpec, MountSpec
+from qmprt.volumes import (
+    Attachment,
+    BlockVolume,
+    EphemeralVolume,
+    HostBlockVolume,
+    ISCSIVolume,
+    RBDVolume,
+    Transport,
+    VirtiofsDaemon,
+    VirtiofsShare,
+    volume_args,
+    write_secret,
+)
 
 
 def check_mounts(mounts: Sequence[MountSpec]) -> None:
@@ -42,3 +63,140 @@ def check_devices(devices: Sequence[DeviceSpec]) -> None:
             )
         if not os.path.isabs(device.container_path):
             raise InvalidArgument(f"device container_path {device.container_path!r} must be absolute")
+
+
+FILE_MOUNT_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """How a container's storage reaches its guest.
+
+    File mounts up to ``FILE_MOUNT_MAX_BYTES`` become cloud-init ``write_files`` with the host file's
+    mode; directory mounts become virtiofs shares the guest mounts at the same path (read-only when
+    the mount says so); devices, ``qmprt.io/data-volumes``, ``qmprt.io/rbd-volumes`` and
+    ``qmprt.io/iscsi-volumes`` become disks with stable serials (``/dev/disk/by-id/virtio-<serial>``).
+    """
+
+    files: tuple[SeedFile, ...] = ()
+    seed_mounts: tuple[SeedMount, ...] = ()
+    shares: tuple[VirtiofsShare, ...] = ()
+    volume_args: tuple[str, ...] = ()
+
+
+def _serial(container_path: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(container_path.rstrip("/")) or "disk")[:20] or "disk"
+    serial, suffix = base, 1
+    while serial in used:
+        suffix += 1
+        serial = f"{base[:20 - len(str(suffix)) - 1]}-{suffix}"
+    used.add(serial)
+    return serial
+
+
+def _secret_from_mount(mounts: dict[str, str], mount_path: str, name: str, annotation: str) -> bytes:
+    host_dir = mounts.get(mount_path)
+    if host_dir is None:
+        raise InvalidArgument(f"annotation {annotation}: secret_mount {mount_path!r} is not one of the container's mounts")
+    try:
+        return (Path(host_dir) / name).read_bytes().strip()
+    except OSError as err:
+        raise InvalidArgument(
+            f"annotation {annotation}: the mount at {mount_path!r} has no readable file {name!r} ({err.strerror})"
+        ) from err
+
+
+async def plan_storage(
+    spec: ContainerSpec, requested: QmprtAnnotations, directory: Path, socket_dir: Path, transport: Transport
+) -> StoragePlan:
+    """Decide (and create ephemeral disks and secret files in ``directory``) for one container."""
+    files: list[SeedFile] = []
+    seed_mounts: list[SeedMount] = []
+    shares: list[VirtiofsShare] = []
+    for index, mount in enumerate(spec.mounts):
+        if os.path.isdir(mount.host_path):
+            share = VirtiofsShare(
+                name=f"fs{index}", tag=f"qmprt-fs{index}", source=os.path.realpath(mount.host_path),
+                socket_path=str(socket_dir / f"fs{index}.sock"), read_only=mount.readonly,
+            )
+            shares.append(share)
+            seed_mounts.append(SeedMount(share.tag, mount.container_path, mount.readonly))
+            continue
+        info = os.stat(mount.host_path)
+        if info.st_size > FILE_MOUNT_MAX_BYTES:
+            raise InvalidArgument(
+                f"mount at {mount.container_path!r}: {mount.host_path} is {info.st_size} bytes; a file mount is "
+                f"delivered through cloud-init and may be at most {FILE_MOUNT_MAX_BYTES}: mount its directory"
+            )
+        files.append(SeedFile(mount.container_path, Path(mount.host_path).read_bytes(), info.st_mode & 0o7777))
+    volumes: list[BlockVolume] = []
+    serials: set[str] = set()
+    for index, device in enumerate(spec.devices):
+        attachment = Attachment(f"dev{index}", _serial(device.container_path, serials), read_only="w" not in device.permissions)
+        volumes.append(HostBlockVolume.for_path(device.host_path, attachment))
+    for index, size in enumerate(requested.data_volume_sizes):
+        attachment = Attachment(f"data{index}", _serial(f"data{index}", serials))
+        volumes.append(await EphemeralVolume.ensure(directory, attachment, size))
+    mounts = {mount.container_path: mount.host_path for mount in spec.mounts}
+    for index, rbd in enumerate(requested.rbd_volumes):
+        key_file = directory / f"rbd{index}.key"
+        write_secret(key_file, _secret_from_mount(mounts, rbd.secret_mount, "key", RBD_VOLUMES), "base64")
+        volumes.append(
+            RBDVolume(Attachment(f"rbd{index}", _serial(f"rbd{index}", serials)), rbd.pool, rbd.image,
+                      rbd.monitors, rbd.user, str(key_file))
+        )
+    for index, iscsi in enumerate(requested.iscsi_volumes):
+        password_file = None
+        if iscsi.secret_mount:
+            password_file = str(directory / f"iscsi{index}.password")
+            write_secret(password_file, _secret_from_mount(mounts, iscsi.secret_mount, "password", ISCSI_VOLUMES))
+        volumes.append(
+            ISCSIVolume(Attachment(f"iscsi{index}", _serial(f"iscsi{index}", serials)), iscsi.portal, iscsi.target,
+                        iscsi.lun, iscsi.user or None, password_file)
+        )
+    return StoragePlan(tuple(files), tuple(seed_mounts), tuple(shares), volume_args(volumes, transport))
+
+
+def shares_to_json(shares: Sequence[VirtiofsShare]) -> tuple[dict[str, Any], ...]:
+    return tuple(dataclasses.asdict(share) for share in shares)
+
+
+def shares_from_json(documents: Sequence[dict[str, Any]]) -> tuple[VirtiofsShare, ...]:
+    return tuple(VirtiofsShare(**document) for document in documents)
+
+
+class ShareDaemons:
+    """The virtiofsd processes of one running container, persisted in ``virtiofs.json`` beside it."""
+
+    FILE = "virtiofs.json"
+
+    def __init__(self, directory: Path, daemons: list[VirtiofsDaemon]) -> None:
+        self.directory = directory
+        self.daemons = daemons
+
+    @classmethod
+    async def start(cls, directory: Path, shares: Sequence[VirtiofsShare], exec_prefix: Sequence[str]) -> ShareDaemons:
+        started = cls(directory, [])
+        try:
+            for share in shares:
+                daemon = await VirtiofsDaemon.start(share, directory / f"virtiofsd-{share.name}.log", exec_prefix=exec_prefix)
+                started.daemons.append(daemon)
+                state.write_json_atomic(directory / cls.FILE, [d.to_json() for d in started.daemons])
+        except BaseException:
+            await started.stop()
+            raise
+        return started
+
+    @classmethod
+    def adopt(cls, directory: Path) -> ShareDaemons:
+        try:
+            documents = state.read_json(directory / cls.FILE)
+        except NotFound:
+            return cls(directory, [])
+        return cls(directory, [VirtiofsDaemon.adopt(document) for document in documents])
+
+    async def stop(self) -> None:
+        for daemon in self.daemons:
+            await daemon.stop()
+        self.daemons = []
+        (self.directory / self.FILE).unlink(missing_ok=True)

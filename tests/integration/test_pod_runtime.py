@@ -112,11 +112,14 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
         ({"devices": (DeviceSpec("/dev/vdz", "/nonexistent/disk"),)}, InvalidArgument, "cannot be used"),
         ({"devices": (DeviceSpec("/dev/vdz", "/etc"),)}, InvalidArgument, "neither a block device"),
         ({"annotations": {"qmprt.io/data-volumes": "lots"}}, InvalidArgument, "qmprt.io/data-volumes"),
+        ({"annotations": {"qmprt.io/user-data": "#cloud-config\n# " + "x" * 70_000}}, InvalidArgument, "user-data"),
+        ({"annotations": {"qmprt.io/user-data": "#cloud-config\n- a list\n"}}, InvalidArgument, "user-data"),
     ],
     ids=["log-path-escape", "log-path-absolute", "absurd-memory", "memory-below-overhead", "bad-env-name",
          "unknown-image", "no-image", "more-vcpus-than-granted", "numa-nodes-without-vcpus", "annotation-typo",
          "bad-cpuset", "absent-numa-node", "bad-hugepage-size", "mount-missing", "mount-relative",
-         "device-missing", "device-not-a-disk", "bad-data-volume-size"],
+         "device-missing", "device-not-a-disk", "bad-data-volume-size", "user-data-too-big",
+         "user-data-not-a-mapping"],
 )
 async def test_bad_container_requests_leave_nothing(tiny, tmp_path, runtime_dirs, runtimes, changes, error, message) -> None:
     state_dir, run_dir, cni_dir = runtime_dirs
