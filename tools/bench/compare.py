@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, OutputWatch, environment, error_text, format_table, headline, summaries, summary
+from common import ROOT, OutputWatch, environment, error_text, format_table, headline, kill_processes_mentioning, summaries, summary
 from containerd import Containerd
 from cri import QmprtUnderTest, StartedPod, qmprt_server, relist_summary, remove_many, start_many
 from engine import guest_ram_rss, one_boot, remove_cgroup_root
@@ -133,8 +133,8 @@ def density(qmprt: QmprtUnderTest, count: int, relists: int, first_index: int, g
         "all_ready_s": seconds,
         "pod_total_ms": summary([pod.timings["total_ms"] for pod in pods], samples=False),
         "serve_rss_mib": server_rss,
-        "qemu_rss_mib": summary(rss, samples=False),
-        "qemu_overhead_mib": summary(overheads, samples=False),
+        "qemu_rss_mib": summary(rss),
+        "qemu_overhead_mib": summary(overheads),
         "relist_ms": relist,
     }
 
@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         cleanup.callback(close_loop, loop)
         cleanup.callback(remove_cgroup_root, driver)
+        cleanup.callback(kill_processes_mentioning, str(work))  # engine and floor QEMUs left by an interrupt
         qmprt = cleanup.enter_context(qmprt_server())
         guest = qmprt.guest
         print(f"bench: {headline(env)}", flush=True)
@@ -354,7 +355,10 @@ def main() -> None:
         raise SystemExit("tools/bench/run needs root (cgroups, network namespaces, libvirtd, containerd)")
     # SIGTERM unwinds like Ctrl-C, so every service and directory is cleaned up.
     signal.signal(signal.SIGTERM, interrupted)
-    report = run(args)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        raise SystemExit("bench: interrupted; everything it started is stopped and removed") from None
     text = table(report)
     print(text)
     path = Path(args.json) if args.json else ROOT / "bench-results" / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"

@@ -76,13 +76,15 @@ class Floor:
         )
         try:
             try:
-                out, err = script.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+                out, errors = script.communicate(timeout=timeout)
+            except BaseException as failure:
                 os.killpg(script.pid, signal.SIGKILL)  # the script's own session: it and its QEMU
                 script.communicate()
-                raise TimeoutError(f"floor: no {self.marker!r} within {timeout:.0f} s") from None
+                if isinstance(failure, subprocess.TimeoutExpired):
+                    raise TimeoutError(f"floor: no {self.marker!r} within {timeout:.0f} s") from None
+                raise
             if script.returncode != 0:
-                raise RuntimeError(f"floor.sh failed ({script.returncode}): {err.strip()}")
+                raise RuntimeError(f"floor.sh failed ({script.returncode}): {errors.strip()}")
             watch.wait(5)  # the console file stays: the watch sees what the script saw
         finally:
             watch.stop()
