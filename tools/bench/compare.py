@@ -89,17 +89,19 @@ def qmprt_pod(qmprt: QmprtUnderTest, index: int, keep: Callable[[StartedPod], No
     def watch_console(pod_id: str, container_id: str) -> None:
         watches.append(OutputWatch(qmprt.container_dir(pod_id, container_id) / "console.raw", qmprt.guest.ready_marker).start())
 
-    started = qmprt.client.start_pod(index, qmprt.work / "logs" / f"seq-{index}", qmprt.guest.ready_marker, on_created=watch_console)
     try:
-        console = watches[0]
-        console.wait(10)
-        spawned_ns = qmprt.client.started_at_ns(started.container_id)
-        if keep is not None:
-            keep(started)
+        started = qmprt.client.start_pod(index, qmprt.work / "logs" / f"seq-{index}", qmprt.guest.ready_marker, on_created=watch_console)
+        try:
+            console = watches[0]
+            console.wait(10)
+            spawned_ns = qmprt.client.started_at_ns(started.container_id)
+            if keep is not None:
+                keep(started)
+        finally:
+            qmprt.client.remove_pod(started.pod_id)
     finally:
         for watch in watches:
             watch.stop()
-        qmprt.client.remove_pod(started.pod_id)
     assert console.first_output_ns is not None and console.marker_seen_ns is not None and console.marker_seen is not None
     return {
         **started.timings,
@@ -225,9 +227,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(args.pods):
             print(f"bench: round {index + 1}/{args.pods}", flush=True)
             paths.round(index)
-        if "libvirt" in paths.runners:
+        # Idle daemons stay out of the density figures.
+        if "libvirt" not in args.skip:
             libvirt.stop()
-        if "containerd" in paths.runners:
+        if "containerd" not in args.skip:
             containerd.stop()
 
         report["start"] = {name: summaries(rows) for name, rows in paths.samples.items() if rows}

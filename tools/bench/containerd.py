@@ -214,6 +214,7 @@ class Containerd:
             with contextlib.suppress(Exception):
                 self.client.remove_all()
             self.client.close()
+            self.client = None
         self.daemon.stop()
         kill_processes_mentioning(str(self.directory))  # shims name the socket in their argv
         remove_cgroup_tree(self.cgroup_parent)
