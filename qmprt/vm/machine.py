@@ -19,15 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +36,6 @@ from qmprt.vm.agent import GuestAgent
 from qmprt.vm.console import ConsolePump, CRILogWriter
 from qmprt.vm.devices import (
     Blockdev,
-    KernelBoot,
     PvPanic,
     QMPMonitor,
     RawArgs,
@@ -52,9 +48,33 @@ from qmprt.vm.devices import (
     VirtSerialPort,
 )
 from qmprt.vm.monitor import Monitor, MonitorEvent
-from qmprt.vm.numa import HugepageConfig, MemoryPlan, check_host, plan_memory
+from qmprt.vm.numa import check_host
 from qmprt.vm.pinning import PinReport, parse_cpuset, pin_threads
-from qmprt.vm.spec import Accelerator, Device, MachineType, VMSpec
+from qmprt.vm.config import (
+    DiskConfig,
+    ShutdownStep,
+    StartTimings,
+    VMConfig,
+    VMState,
+    VMStatus,
+    allowed_transition,
+)
+from qmprt.vm.exits import ExitVerdict, classify_exit, infer_unwatched_exit
+from qmprt.vm.spec import Device, VMSpec
+
+__all__ = [
+    "VM",
+    "CgroupLike",
+    "DiskConfig",
+    "ExitVerdict",
+    "ShutdownStep",
+    "StartTimings",
+    "VMConfig",
+    "VMState",
+    "VMStatus",
+    "classify_exit",
+    "infer_unwatched_exit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,214 +94,6 @@ class CgroupLike(Protocol):
     def oom_kill_count(self) -> int: ...
     def kill(self) -> None: ...
     def delete(self) -> None: ...
-
-
-@dataclass
-class StartTimings:
-    """Monotonic timestamps of one ``VM.start``: entered, QEMU exec'd (Popen returned), QMP up."""
-
-    begin: float = 0.0
-    spawned: float = 0.0
-    monitor_ready: float = 0.0
-
-
-class VMState(str, enum.Enum):
-    """The emulator's life. Allowed transitions::
-
-        STARTING → RUNNING → STOPPING → EXITED
-        STARTING → EXITED       (QEMU failed to come up)
-        RUNNING  → EXITED       (the guest powered off, panicked, or QEMU died)
-    """
-
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    EXITED = "exited"
-
-
-_TRANSITIONS = {
-    VMState.STARTING: {VMState.RUNNING, VMState.EXITED},
-    VMState.RUNNING: {VMState.STOPPING, VMState.EXITED},
-    VMState.STOPPING: {VMState.EXITED},
-    VMState.EXITED: set(),
-}
-
-
-class ShutdownStep(enum.IntEnum):
-    """How far a staged shutdown went (each step harder than the one before)."""
-
-    NONE = 0
-    POWERDOWN = 1
-    QUIT = 2
-    KILL = 3
-
-
-@dataclass(frozen=True)
-class DiskConfig:
-    path: str
-    format: str  # "qcow2" or "raw"
-    read_only: bool = False
-    serial: str | None = None
-
-
-@dataclass(frozen=True)
-class VMConfig:
-    """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO.
-
-    Guest RAM (see ``qmprt.vm.numa``): ``host_nodes`` binds it to those host NUMA nodes (empty: no
-    binding), ``guest_numa_nodes`` gives the guest that many NUMA nodes, ``hugepages`` backs it with
-    hugepages, ``shared_memory`` makes it mappable by other processes (virtiofsd). A layout that cannot
-    work anywhere raises ``InvalidArgument`` here; one this host cannot give, at ``VM.start``.
-
-    ``extra_args`` are QEMU arguments rendered by another mechanism (``qmprt.volumes``: block volumes,
-    virtiofs shares, their secret objects), placed after the engine's disks. Secrets in them are
-    files QEMU reads, so the argv (and ``vm.json``) never holds one.
-    """
-
-    vm_id: str
-    root_disk: DiskConfig
-    machine: MachineType = "q35"
-    accel: Accelerator = "tcg"
-    cpus: int = 1
-    memory_mib: int = 128
-    kernel: KernelBoot | None = None
-    seed: DiskConfig | None = None
-    extra_disks: tuple[DiskConfig, ...] = ()
-    tcg_tb_size_mib: int | None = None
-    binary: str = "qemu-system-x86_64"
-    host_nodes: tuple[int, ...] = ()
-    guest_numa_nodes: int = 1
-    hugepages: HugepageConfig | None = None
-    shared_memory: bool = False
-    extra_args: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.memory_plan()
-        if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args):
-            raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
-
-    def memory_plan(self) -> MemoryPlan:
-        return plan_memory(
-            memory_mib=self.memory_mib, cpus=self.cpus, machine=self.machine,
-            guest_numa_nodes=self.guest_numa_nodes, host_nodes=self.host_nodes,
-            hugepages=self.hugepages, shared=self.shared_memory,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, document: dict[str, Any]) -> VMConfig:
-        kernel = document.get("kernel")
-        return cls(
-            **{
-                **document,
-                "root_disk": DiskConfig(**document["root_disk"]),
-                "seed": DiskConfig(**document["seed"]) if document.get("seed") else None,
-                "extra_disks": tuple(DiskConfig(**disk) for disk in document.get("extra_disks", ())),
-                "kernel": KernelBoot(
-                    kernel=kernel["kernel"], initrd=kernel.get("initrd"), append=tuple(kernel["append"])
-                )
-                if kernel
-                else None,
-                "host_nodes": tuple(document.get("host_nodes", ())),
-                "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
-                "extra_args": tuple(document.get("extra_args", ())),
-            }
-        )
-
-
-@dataclass(frozen=True)
-class VMStatus:
-    state: VMState = VMState.STARTING
-    pid: int | None = None
-    pid_create_time: float | None = None
-    started_at_ns: int = 0
-    finished_at_ns: int = 0
-    exit_code: int | None = None
-    reason: str = ""
-    message: str = ""
-    shutdown_reason: str | None = None  # from QMP SHUTDOWN: guest-shutdown, host-qmp-quit, …
-    shutdown_by_guest: bool = False
-    panicked: bool = False
-    paused: bool = False  # QMP STOP seen (an operator's "stop" on the qmp-shell monitor, say)
-    stop_requested: bool = False
-    shutdown_step: int = ShutdownStep.NONE
-
-    def to_json(self) -> dict[str, Any]:
-        document = dataclasses.asdict(self)
-        document["state"] = self.state.value
-        return document
-
-    @classmethod
-    def from_json(cls, document: dict[str, Any]) -> VMStatus:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in document.items() if key in known}
-        values["state"] = VMState(values.get("state", VMState.STARTING))
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class ExitVerdict:
-    exit_code: int
-    reason: str  # the CRI reason: Completed, Error, OOMKilled
-    message: str
-
-
-def classify_exit(
-    *,
-    returncode: int | None,
-    shutdown_reason: str | None,
-    shutdown_by_guest: bool,
-    panicked: bool,
-    oom_kills: int,
-    stop_requested: bool,
-    shutdown_step: int,
-    stderr_tail: str = "",
-) -> ExitVerdict:
-    """Turn what qmprt saw of an emulator's end into a container exit code, reason and message."""
-    tail = f": {stderr_tail.strip()}" if stderr_tail.strip() else ""
-    if oom_kills > 0:
-        return ExitVerdict(137, "OOMKilled", "the VM's cgroup reached its memory limit and QEMU was killed")
-    if panicked:
-        return ExitVerdict(1, "Error", "the guest kernel panicked (reported through pvpanic)")
-    if shutdown_reason == "guest-shutdown" or (shutdown_by_guest and shutdown_reason != "guest-panic"):
-        return ExitVerdict(0, "Completed", "the guest powered off")
-    if stop_requested:
-        if shutdown_step <= ShutdownStep.POWERDOWN:
-            return ExitVerdict(0, "Completed", "stopped: the guest powered off on request")
-        how = "QMP quit" if shutdown_step == ShutdownStep.QUIT else "SIGKILL"
-        return ExitVerdict(137, "Error", f"stopped: the guest did not power off in time, ended by {how}")
-    if shutdown_reason == "host-signal":
-        return ExitVerdict(143, "Error", f"QEMU was stopped by a signal from outside qmprt{tail}")
-    if shutdown_reason is not None and shutdown_reason.startswith("host-qmp"):
-        return ExitVerdict(0, "Completed", f"stopped through the monitor ({shutdown_reason})")
-    if returncode is None:
-        return ExitVerdict(255, "Error", f"QEMU exited while qmprt was not watching it{tail}")
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-        return ExitVerdict(128 - returncode, "Error", f"QEMU was killed by {name}{tail}")
-    if returncode == 0:
-        return ExitVerdict(0, "Completed", "QEMU exited")
-    return ExitVerdict(returncode, "Error", f"QEMU exited with status {returncode}{tail}")
-
-
-def infer_unwatched_exit(console_tail: bytes, qemu_log_tail: str) -> dict[str, Any]:
-    """What the guest's console and QEMU's stderr say about an exit nobody watched over QMP.
-
-    The guest kernel prints ``reboot: Power down`` when it powers off and ``Kernel panic`` when it
-    panics; QEMU logs ``terminating on signal`` when a signal ends it. Returns the status fields the
-    evidence supports (empty when there is none).
-    """
-    panic_at = console_tail.rfind(b"Kernel panic - not syncing")
-    poweroff_at = console_tail.rfind(b"reboot: Power down")
-    if panic_at >= 0 and panic_at > poweroff_at:
-        return {"panicked": True, "shutdown_reason": "guest-panic"}
-    if poweroff_at >= 0:
-        return {"shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}
-    if "terminating on signal" in qemu_log_tail:
-        return {"shutdown_reason": "host-signal"}
-    return {}
 
 
 def _listening_socket(path: Path) -> socket.socket:
@@ -550,7 +362,7 @@ class VM:
 
     def _transition(self, new_state: VMState, **changes: Any) -> None:
         def change(status: VMStatus) -> VMStatus:
-            if new_state != status.state and new_state not in _TRANSITIONS[status.state]:
+            if not allowed_transition(status.state, new_state):
                 raise FailedPrecondition(f"VM {self.vm_id}: {status.state.value} cannot become {new_state.value}")
             return dataclasses.replace(status, state=new_state, **changes)
 

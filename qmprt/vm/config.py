@@ -1,0 +1,162 @@
+"""What a VM is (``VMConfig``), its life (``VMState``) and what qmprt records of it (``VMStatus``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from qmprt.errors import InvalidArgument
+from qmprt.vm.devices import KernelBoot
+from qmprt.vm.numa import HugepageConfig, MemoryPlan, plan_memory
+from qmprt.vm.spec import Accelerator, MachineType
+
+
+@dataclass
+class StartTimings:
+    """Monotonic timestamps of one ``VM.start``: entered, QEMU exec'd (Popen returned), QMP up."""
+
+    begin: float = 0.0
+    spawned: float = 0.0
+    monitor_ready: float = 0.0
+
+
+class VMState(str, enum.Enum):
+    """The emulator's life. Allowed transitions::
+
+        STARTING → RUNNING → STOPPING → EXITED
+        STARTING → EXITED       (QEMU failed to come up)
+        RUNNING  → EXITED       (the guest powered off, panicked, or QEMU died)
+    """
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+_TRANSITIONS = {
+    VMState.STARTING: {VMState.RUNNING, VMState.EXITED},
+    VMState.RUNNING: {VMState.STOPPING, VMState.EXITED},
+    VMState.STOPPING: {VMState.EXITED},
+    VMState.EXITED: set(),
+}
+
+
+def allowed_transition(current: VMState, new: VMState) -> bool:
+    return new == current or new in _TRANSITIONS[current]
+
+
+class ShutdownStep(enum.IntEnum):
+    """How far a staged shutdown went (each step harder than the one before)."""
+
+    NONE = 0
+    POWERDOWN = 1
+    QUIT = 2
+    KILL = 3
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    path: str
+    format: str  # "qcow2" or "raw"
+    read_only: bool = False
+    serial: str | None = None
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO.
+
+    Guest RAM (see ``qmprt.vm.numa``): ``host_nodes`` binds it to those host NUMA nodes (empty: no
+    binding), ``guest_numa_nodes`` gives the guest that many NUMA nodes, ``hugepages`` backs it with
+    hugepages, ``shared_memory`` makes it mappable by other processes (virtiofsd). A layout that cannot
+    work anywhere raises ``InvalidArgument`` here; one this host cannot give, at ``VM.start``.
+
+    ``extra_args`` are QEMU arguments rendered by another mechanism (``qmprt.volumes``: block volumes,
+    virtiofs shares, their secret objects), placed after the engine's disks. Secrets in them are
+    files QEMU reads, so the argv (and ``vm.json``) never holds one.
+    """
+
+    vm_id: str
+    root_disk: DiskConfig
+    machine: MachineType = "q35"
+    accel: Accelerator = "tcg"
+    cpus: int = 1
+    memory_mib: int = 128
+    kernel: KernelBoot | None = None
+    seed: DiskConfig | None = None
+    extra_disks: tuple[DiskConfig, ...] = ()
+    tcg_tb_size_mib: int | None = None
+    binary: str = "qemu-system-x86_64"
+    host_nodes: tuple[int, ...] = ()
+    guest_numa_nodes: int = 1
+    hugepages: HugepageConfig | None = None
+    shared_memory: bool = False
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.memory_plan()
+        if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args):
+            raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
+
+    def memory_plan(self) -> MemoryPlan:
+        return plan_memory(
+            memory_mib=self.memory_mib, cpus=self.cpus, machine=self.machine,
+            guest_numa_nodes=self.guest_numa_nodes, host_nodes=self.host_nodes,
+            hugepages=self.hugepages, shared=self.shared_memory,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> VMConfig:
+        kernel = document.get("kernel")
+        return cls(
+            **{
+                **document,
+                "root_disk": DiskConfig(**document["root_disk"]),
+                "seed": DiskConfig(**document["seed"]) if document.get("seed") else None,
+                "extra_disks": tuple(DiskConfig(**disk) for disk in document.get("extra_disks", ())),
+                "kernel": KernelBoot(
+                    kernel=kernel["kernel"], initrd=kernel.get("initrd"), append=tuple(kernel["append"])
+                )
+                if kernel
+                else None,
+                "host_nodes": tuple(document.get("host_nodes", ())),
+                "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
+                "extra_args": tuple(document.get("extra_args", ())),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class VMStatus:
+    state: VMState = VMState.STARTING
+    pid: int | None = None
+    pid_create_time: float | None = None
+    started_at_ns: int = 0
+    finished_at_ns: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    shutdown_reason: str | None = None  # from QMP SHUTDOWN: guest-shutdown, host-qmp-quit, …
+    shutdown_by_guest: bool = False
+    panicked: bool = False
+    paused: bool = False  # QMP STOP seen (an operator's "stop" on the qmp-shell monitor, say)
+    stop_requested: bool = False
+    shutdown_step: int = ShutdownStep.NONE
+
+    def to_json(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        document["state"] = self.state.value
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> VMStatus:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in document.items() if key in known}
+        values["state"] = VMState(values.get("state", VMState.STARTING))
+        return cls(**values)
