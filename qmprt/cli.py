@@ -12,7 +12,7 @@ from typing import Any
 
 import qmprt.cri  # noqa: F401 - first, so gRPC's fork policy is set before anything loads grpc
 from qmprt import config as config_module
-from qmprt.errors import QmprtError
+from qmprt.errors import InvalidArgument, QmprtError
 
 
 def _setup_logging(level: str) -> None:
@@ -190,12 +190,17 @@ def _add_ctl_image(ctl_commands: Any) -> None:
     # Its own dest: a subparser's default would overwrite ``ctl --config``.
     command.add_argument("--config", dest="store_config", help="TOML config file (state_dir, [image] limits)")
     command.add_argument("--state-dir", help="state root (default from config: /var/lib/qmprt)")
+    command.add_argument("--kernel", help="a trusted kernel for this image, so pods may boot it directly (qmprt.io/boot)")
+    command.add_argument("--initrd", help="the initramfs that goes with --kernel")
+    command.add_argument("--cmdline", default="", help="the kernel command line for direct boot (root=…)")
 
     def run(args: argparse.Namespace) -> int:
         from qmprt.ctl.local import import_image
 
+        if (args.initrd or args.cmdline) and not args.kernel:
+            raise InvalidArgument("--initrd and --cmdline go with --kernel")
         cfg = config_module.load(args.store_config or args.config, state_dir=args.state_dir)
-        return import_image(cfg, args.file, args.name, sys.stdout)
+        return import_image(cfg, args.file, args.name, sys.stdout, args.kernel, args.initrd, args.cmdline)
 
     command.set_defaults(func=run)
 

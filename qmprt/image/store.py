@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Protocol
 
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, fetch
 from qmprt.image.fsinfo import mount_point_of, tree_usage
 from qmprt.image.inspect import ImageInfo, inspect_image, inspect_image_async
 from qmprt.image.index import ImageMeta, StoreIndex
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
+from qmprt.image.boot import BootFiles, load_boot_files, remove_boot_files, write_boot_files
 from qmprt.image.rules import ImageConfig, RuleSet, Transport, image_config_from_table
 from qmprt.state import ensure_private_dir, write_json_atomic
 
@@ -65,6 +66,7 @@ class ImageRecord:
     virtual_size: int
     names: tuple[str, ...]  # sorted; empty for an image whose names were all moved elsewhere
     created_at_ns: int
+    boot: BootFiles | None = None  # an operator-attached kernel for direct boot (qmprt.image.boot)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class ImageStore:
             virtual_size=meta.virtual_size,
             names=self._index.names.names_for(digest),
             created_at_ns=meta.created_at_ns,
+            boot=load_boot_files(self.root, hexdigest),
         )
 
     def _registered_name(self, ref: str) -> str | None:
@@ -242,6 +245,7 @@ class ImageStore:
             return self._record(hexdigest)
 
     def _delete(self, hexdigest: str) -> None:
+        remove_boot_files(self.root, hexdigest)
         self._blob_path(hexdigest).unlink(missing_ok=True)
         self._index.meta_path(hexdigest).unlink(missing_ok=True)
         self._index.images.pop(hexdigest, None)
@@ -271,6 +275,18 @@ class ImageStore:
             if not self._index.names.remove_digest(found):
                 self._index.touch_names()  # no name changed: tell other processes the image went
             self._delete(digest_hex(found))
+
+    def set_boot_files(
+        self, ref: str, kernel: str | os.PathLike[str], initrd: str | os.PathLike[str] | None, cmdline: str
+    ) -> ImageRecord:
+        """Attach a kernel (and initramfs) to a stored image for direct kernel boot; replaces earlier ones."""
+        with self._index.exclusive():
+            found = self._lookup(ref)
+            if found is None:
+                raise NotFound(f"image {ref!r} is not in the store")
+            write_boot_files(self.root, digest_hex(found), kernel, initrd, cmdline)
+            self._index.touch_names()  # other processes re-read and see the boot files
+            return self._record(digest_hex(found))
 
     def import_file(self, path: str | os.PathLike[str], name: str) -> ImageRecord:
         """Copy a local file into the store under ``name``, with every check a pull has. Blocking."""

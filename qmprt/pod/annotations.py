@@ -40,6 +40,7 @@ ROOT_VOLUME_SIZE = PREFIX + "root-volume-size"
 VCPUS = PREFIX + "vcpus"
 NUMA_NODES = PREFIX + "numa-nodes"
 SEED_FORMAT = PREFIX + "seed-format"
+BOOT = PREFIX + "boot"
 USER_DATA = PREFIX + "user-data"
 USER_DATA_MODE = PREFIX + "user-data-mode"
 SSH_AUTHORIZED_KEYS = PREFIX + "ssh-authorized-keys"
@@ -52,6 +53,7 @@ KNOWN_KEYS: Mapping[str, str] = {
     VCPUS: "a vCPU count below the CPU limit's (a positive integer)",
     NUMA_NODES: "the guest's NUMA node count (a positive integer, at most the vCPU count)",
     SEED_FORMAT: "nocloud or configdrive",
+    BOOT: "disk, direct or microvm",
     USER_DATA: "a #cloud-config document or a script",
     USER_DATA_MODE: "merge or replace",
     SSH_AUTHORIZED_KEYS: "public keys, one per line",
@@ -103,6 +105,7 @@ class QmprtAnnotations:
     vcpus: int | None = None
     numa_nodes: int = 1
     seed_format: str = "nocloud"
+    boot: str = "disk"
     user_data: str | None = None
     user_data_mode: str = "merge"
     ssh_authorized_keys: tuple[str, ...] = ()
@@ -184,6 +187,7 @@ def parse_annotations(container: Mapping[str, str], sandbox: Mapping[str, str]) 
         vcpus=_positive_int(merged, VCPUS),
         numa_nodes=_positive_int(merged, NUMA_NODES) or 1,
         seed_format=_choice(merged, SEED_FORMAT, ("nocloud", "configdrive")),
+        boot=_choice(merged, BOOT, ("disk", "direct", "microvm")),
         user_data=merged.get(USER_DATA),
         user_data_mode=_choice(merged, USER_DATA_MODE, ("merge", "replace")),
         ssh_authorized_keys=_ssh_keys(merged.get(SSH_AUTHORIZED_KEYS, "")),

@@ -12,13 +12,14 @@ from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.records import ContainerRecord
 from qmprt.pod.storage import StoragePlan, shares_from_json
 from qmprt.vm.machine import DiskConfig, VMConfig
+from qmprt.vm.accel import host_tsc_khz
+from qmprt.vm.devices import KernelBoot
 from qmprt.vm.numa import HugepageConfig
 from qmprt.volumes import Transport, shares_args
 from qmprt.vm.spec import Accelerator
 
 OVERLAY_FILE = "overlay.qcow2"
 SEED_FILE = "seed.iso"
-TRANSPORT: Transport = "pci"  # containers boot q35
 
 
 def seed_spec(
@@ -59,20 +60,38 @@ def write_seed(
     return path
 
 
+def transport(machine: str) -> Transport:
+    return "mmio" if machine == "microvm" else "pci"
+
+
+def kernel_boot(record: ContainerRecord, accel: Accelerator) -> KernelBoot | None:
+    if record.kernel is None:
+        return None
+    append = tuple(record.cmdline.split())
+    if record.machine == "microvm" and accel == "tcg":
+        # microvm has no HPET or PM timer to calibrate the TSC against; without this ~5-10 % of
+        # TCG boots hang (GUESTS.md).
+        khz = host_tsc_khz()
+        if khz:
+            append += (f"tsc_early_khz={khz}",)
+    return KernelBoot(record.kernel, record.initrd, append)
+
+
 def vm_config(container_id: str, directory: Path, record: ContainerRecord, config: Config, accel: Accelerator) -> VMConfig:
-    """The VM of a container: its overlay as the boot disk, the seed beside it."""
+    """The VM of a container: its overlay as the root disk, the seed beside it."""
     return VMConfig(
         vm_id=container_id,
         root_disk=DiskConfig(str(directory / OVERLAY_FILE), "qcow2"),
         seed=DiskConfig(str(directory / SEED_FILE), "raw", read_only=True, serial=SeedFormat(record.seed_format).label),
-        machine="q35",
+        machine="microvm" if record.machine == "microvm" else "q35",
+        kernel=kernel_boot(record, accel),
         accel=accel,
         cpus=record.vcpus,
         memory_mib=record.guest_memory_mib,
         host_nodes=record.host_nodes,
         guest_numa_nodes=record.guest_numa_nodes,
         hugepages=HugepageConfig(page_size_kib=record.hugepage_page_kib) if record.hugepage_page_kib else None,
-        extra_args=record.volume_args + shares_args(shares_from_json(record.shares), TRANSPORT),
+        extra_args=record.volume_args + shares_args(shares_from_json(record.shares), transport(record.machine)),
         shared_memory=bool(record.shares),
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,

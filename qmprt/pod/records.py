@@ -89,6 +89,10 @@ class ContainerRecord:
     guest_numa_nodes: int = 1
     hugepage_page_kib: int | None = None
     seed_format: str = "nocloud"
+    machine: str = "q35"
+    kernel: str | None = None  # direct kernel boot: the image's attached kernel, initrd and cmdline
+    initrd: str | None = None
+    cmdline: str = ""
     volume_args: tuple[str, ...] = ()  # rendered disks: devices, data, RBD, iSCSI volumes
     shares: tuple[dict[str, Any], ...] = ()  # virtiofs shares (qmprt.volumes.VirtiofsShare fields)
 

@@ -294,6 +294,12 @@ class Runtime:
             image = self.images.resolve(spec.image)
             if image is None:
                 raise NotFound(f"image {spec.image!r} is not present on this node: pull it first")
+            boot_files = image.boot if requested.boot != "disk" else None
+            if requested.boot != "disk" and boot_files is None:
+                raise InvalidArgument(
+                    f"annotation qmprt.io/boot={requested.boot}: image {spec.image!r} has no kernel attached; "
+                    "import it with `qmprt ctl image import … --kernel K --initrd I --cmdline C`, or boot from disk"
+                )
             root_disk_bytes = None
             if requested.root_volume_size_bytes is not None:
                 root_disk_bytes = requested.check_root_volume(image.virtual_size, self.images.config.max_virtual_size_bytes)
@@ -316,7 +322,10 @@ class Runtime:
                     create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE, root_disk_bytes,  # type: ignore[arg-type]
                     base_virtual_size_bytes=image.virtual_size,
                 )
-                plan = await plan_storage(spec, requested, directory, self.container_run_dir(container_id), guest.TRANSPORT)
+                machine = "microvm" if requested.boot == "microvm" else "q35"
+                plan = await plan_storage(
+                    spec, requested, directory, self.container_run_dir(container_id), guest.transport(machine)
+                )
                 await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec, requested, plan)
                 record = ContainerRecord(
                     spec=spec,
@@ -333,6 +342,10 @@ class Runtime:
                     guest_numa_nodes=requested.guest_numa_nodes(vcpus),
                     hugepage_page_kib=size.hugepage_page_kib,
                     seed_format=requested.seed_format,
+                    machine=machine,
+                    kernel=boot_files.kernel if boot_files else None,
+                    initrd=boot_files.initrd if boot_files else None,
+                    cmdline=boot_files.cmdline if boot_files else "",
                     volume_args=plan.volume_args,
                     shares=shares_to_json(plan.shares),
                 )
