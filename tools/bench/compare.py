@@ -7,9 +7,10 @@ falls on all of them alike:
   in the container's CRI log), from its QCOW2 disk on q35 (the pod layer always boots that way), with
   the split: the three RPCs, QEMU spawn (ContainerStatus.started_at) to the first byte of the
   console file, first byte to the marker, console file to CRI log;
-- engine: the same guest by direct kernel boot on q35 and microvm through ``VM.start`` (engine level,
-  as the pod layer cannot boot a kernel yet); its prepare step (overlay + seed ISO) is qmprt's per-pod
-  disk work;
+- qmprt-direct, qmprt-microvm: the same pod booting the kernel attached to its image
+  (``qmprt.io/boot: direct`` on q35, ``microvm``), through the CRI socket;
+- engine: direct kernel boot on q35 and microvm through ``VM.start`` alone (no CRI calls); its prepare
+  step (overlay + seed ISO) is qmprt's per-pod disk work;
 - floor: ``qemu-system-x86_64`` with the pod VM's own argv, from ``floor.sh`` (see floor.py);
 - libvirt: a private libvirtd, ``virsh define`` + ``start`` of an equivalent domain (see libvirt.py);
 - containerd: a private containerd, a busybox pod through its CRI socket to its first log line
@@ -45,7 +46,18 @@ from typing import Any
 
 from common import ROOT, OutputWatch, environment, error_text, format_table, headline, kill_processes_mentioning, summaries, summary
 from containerd import Containerd
-from cri import QmprtUnderTest, StartedPod, qmprt_server, relist_summary, remove_many, start_many
+from cri import (
+    DIRECT_POD,
+    MICROVM_POD,
+    VM_POD,
+    PodTemplate,
+    QmprtUnderTest,
+    StartedPod,
+    qmprt_server,
+    relist_summary,
+    remove_many,
+    start_many,
+)
 from engine import guest_ram_rss, one_boot, remove_cgroup_root
 from floor import Floor
 from libvirt import Libvirt
@@ -82,7 +94,9 @@ class Paths:
                 self.fail(name, err)
 
 
-def qmprt_pod(qmprt: QmprtUnderTest, index: int, keep: Callable[[StartedPod], None] | None = None) -> dict[str, float]:
+def qmprt_pod(
+    qmprt: QmprtUnderTest, index: int, keep: Callable[[StartedPod], None] | None = None, template: PodTemplate = VM_POD
+) -> dict[str, float]:
     """One VM pod through the CRI socket, with the console-file split; removed before returning."""
     watches: list[OutputWatch] = []
 
@@ -90,7 +104,9 @@ def qmprt_pod(qmprt: QmprtUnderTest, index: int, keep: Callable[[StartedPod], No
         watches.append(OutputWatch(qmprt.container_dir(pod_id, container_id) / "console.raw", qmprt.guest.ready_marker).start())
 
     try:
-        started = qmprt.client.start_pod(index, qmprt.work / "logs" / f"seq-{index}", qmprt.guest.ready_marker, on_created=watch_console)
+        started = qmprt.client.start_pod(
+            index, qmprt.work / "logs" / f"seq-{index}", qmprt.guest.ready_marker, template=template, on_created=watch_console
+        )
         try:
             console = watches[0]
             console.wait(10)
@@ -188,6 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_nocloud_iso(SeedSpec(instance_id="bench-baseline", hostname="bench-baseline"), seed)
 
         paths.add("qmprt", lambda index: qmprt_pod(qmprt, index + 1))
+        paths.add("qmprt-direct", lambda index: qmprt_pod(qmprt, 2000 + index, template=DIRECT_POD))
+        paths.add("qmprt-microvm", lambda index: qmprt_pod(qmprt, 3000 + index, template=MICROVM_POD))
         for mode in ENGINE_MODES:
             paths.add(mode, functools.partial(engine_boot, loop, mode, work, driver, env["accelerator"], guest))
         try:
@@ -294,8 +312,12 @@ def table(report: dict[str, Any]) -> str:
     ):
         figure("qmprt", key, label)
     figure("q35-direct", "prepare_ms", "  overlay + seed ISO alone (engine prepare)")
+    for name, label in (("qmprt-direct", "q35, direct kernel boot"), ("qmprt-microvm", "microvm, direct kernel boot")):
+        figure(name, "total_ms", f"qmprt VM pod via CRI ({label}, qmprt.io/boot)")
+        failed(name, f"qmprt VM pod via CRI ({label})")
+        figure(name, "spawn_to_output_ms", "  QEMU spawn -> first console byte")
     for mode in ENGINE_MODES:
-        figure(mode, "total_ms", f"{mode} direct kernel boot, engine level (VM.start)*", f"qmprt/{mode}")
+        figure(mode, "total_ms", f"{mode} direct kernel boot, engine level (VM.start, no CRI)", f"qmprt/{mode}")
         failed(mode, f"{mode} (engine)")
     figure("floor", "total_ms", "floor: qemu-system-x86_64 from floor.sh, same argv", "qmprt/floor")
     failed("floor", "floor")
@@ -318,8 +340,6 @@ def table(report: dict[str, Any]) -> str:
     if "qmprt" in start and start["qmprt"]["output_to_ready_ms"]["median"] < 1:
         lines.append("  the tiny guest boots `quiet`: its first console output is the ready marker itself, so the whole guest")
         lines.append("  boot (firmware, extlinux, kernel, init) falls in 'QEMU spawn -> first console byte'.")
-    lines.append("  * the pod layer cannot boot a kernel directly yet (it always boots q35 from the disk), so direct kernel")
-    lines.append("    boot is measured through VM.start with the same overlay, seed and devices; no CRI calls in it.")
     if report.get("density"):
         lines += ["", f"Parallel start and density: VM pods started at once through the CRI socket; relist over {report['sizes']['relists']} rounds:"]
         drows = []

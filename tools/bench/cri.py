@@ -34,6 +34,7 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 
 from qmprt import cgroups
+from qmprt.image import ImageConfig, ImageStore
 from tests.integration.guests import TinyGuest, tiny_guest
 from tests.integration.serverproc import ServerProcess
 
@@ -49,9 +50,12 @@ class PodTemplate:
     command: tuple[str, ...] = ()
     namespace_options: bool = False  # containerd wants linux.security_context.namespace_options set
     cgroup_parent: str = ""
+    annotations: tuple[tuple[str, str], ...] = ()
 
 
 VM_POD = PodTemplate()
+DIRECT_POD = PodTemplate(annotations=(("qmprt.io/boot", "direct"),))
+MICROVM_POD = PodTemplate(annotations=(("qmprt.io/boot", "microvm"),))
 
 
 @dataclass
@@ -104,6 +108,7 @@ class Client:
             image=cri.ImageSpec(image=template.image),
             command=list(template.command),
             log_path=template.log_name,
+            annotations=dict(template.annotations),
         )
         log_path = log_dir / template.log_name
         t0 = time.monotonic()
@@ -192,6 +197,11 @@ def qmprt_server(log_level: str = "warning") -> Iterator[QmprtUnderTest]:
         server.start()
         client = Client(server.address)
         client.pull(IMAGE)
+        # The pulled image gets the tiny guest's kernel, so pods may boot it directly (qmprt.io/boot);
+        # the store is safe to change beside the running server.
+        store = ImageStore(server.state_dir / "images", ImageConfig())
+        store.set_boot_files(IMAGE, guest.kernel, guest.initrd, " ".join(guest.cmdline("q35")))
+        store.close()
         yield QmprtUnderTest(server, client, guest, work)
     finally:
         if client is not None:
