@@ -21,6 +21,10 @@ and never import grpc.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 
 class QmprtError(Exception):
     """Root of every error qmprt raises on purpose."""
@@ -72,3 +76,15 @@ class ShutdownError(VMError):
 
 class CgroupFailure(InternalError):
     pass
+
+
+@contextlib.contextmanager
+def best_effort(logger: logging.Logger, what: str) -> Iterator[None]:
+    """For cleanup steps that must not stop the ones after them: a failure is logged, not raised.
+
+    Never silent: a cgroup or file that could not be removed shows in the log with the reason.
+    """
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - logged; the caller goes on with the next step
+        logger.warning("%s failed: %s", what, err)

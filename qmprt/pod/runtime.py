@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from qmprt import cgroups, state
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, best_effort
 from qmprt.image.overlay import create_overlay
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
@@ -248,13 +248,13 @@ class Runtime:
         if sandbox.spec.cgroup_parent:
             return  # kubelet owns the pod's cgroup
         path = self.sandbox_cgroup_path(sandbox)
-        with contextlib.suppress(Exception):
+        with best_effort(log, f"removing the cgroup {path} of sandbox {sandbox.id[:12]}"):
             if self.cgroup_driver.exists(path):
                 self.cgroup_driver.open(path).delete()
         others = [other for other in self.sandboxes.values() if other is not sandbox and not other.spec.cgroup_parent]
         if not others:
             # The runtime's own parent cgroup goes with its last sandbox, unless another qmprt uses it.
-            with contextlib.suppress(Exception):
+            with best_effort(log, f"removing the runtime's cgroup root {self.config.cgroups.root}"):
                 if self.cgroup_driver.exists(self.config.cgroups.root):
                     self.cgroup_driver.open(self.config.cgroups.root).delete_if_empty()
 
@@ -416,7 +416,7 @@ class Runtime:
                 )
             )
         except (ValueError, cgroups.CgroupError) as err:
-            with contextlib.suppress(Exception):
+            with best_effort(log, f"removing the cgroup {cgroup.path}"):
                 cgroup.delete()
             raise InvalidArgument(f"container resources cannot be applied: {err}") from err
         return cgroup
@@ -449,14 +449,13 @@ class Runtime:
                 )
             except BaseException as err:
                 if cgroup is not None:
-                    with contextlib.suppress(Exception):
+                    with best_effort(log, f"removing the cgroup {cgroup.path} of a VM that did not start"):
                         cgroup.kill()
                         cgroup.delete()
                 await self.stop_share_daemons(container)
                 if log_writer is not None:
                     log_writer.close()
-                with contextlib.suppress(Exception):
-                    (container.directory / "vm.json").unlink(missing_ok=True)
+                (container.directory / "vm.json").unlink(missing_ok=True)
                 if isinstance(err, Exception):
                     container.update(
                         ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=128,
@@ -493,7 +492,7 @@ class Runtime:
         if daemons is not None:
             await daemons.stop()
         fs_cgroup = f"{container.record.cgroup_path}-fs"
-        with contextlib.suppress(Exception):
+        with best_effort(log, f"removing the virtiofsd cgroup {fs_cgroup}"):
             if self.cgroup_driver.exists(fs_cgroup):
                 self.cgroup_driver.open(fs_cgroup).delete()
 
@@ -526,7 +525,7 @@ class Runtime:
                 await asyncio.sleep(0)  # let the exit callbacks run
                 with contextlib.suppress(FailedPrecondition):
                     container.vm.remove_files()
-            with contextlib.suppress(Exception):
+            with best_effort(log, f"removing the cgroup of container {container.id[:12]}"):
                 if self.cgroup_driver.exists(container.record.cgroup_path):
                     self.cgroup_driver.open(container.record.cgroup_path).delete()
             await self.stop_share_daemons(container)

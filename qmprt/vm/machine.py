@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import psutil
 
 from qmprt import state
-from qmprt.errors import FailedPrecondition, InvalidArgument, NotFound, ShutdownError, Unavailable, VMError
+from qmprt.errors import FailedPrecondition, InvalidArgument, NotFound, ShutdownError, Unavailable, VMError, best_effort
 from qmprt.vm.agent import GuestAgent
 from qmprt.vm.console import ConsolePump, CRILogWriter
 from qmprt.vm.devices import (
@@ -323,7 +323,7 @@ class VM:
             self._popen.kill()
             await asyncio.get_running_loop().run_in_executor(None, self._popen.wait)
         if self.cgroup is not None:
-            with contextlib.suppress(Exception):
+            with best_effort(log, f"killing the cgroup {self.cgroup.path} of VM {self.vm_id}"):
                 self.cgroup.kill()
 
     async def _attach(self, first_start: bool) -> None:
@@ -418,7 +418,7 @@ class VM:
             await self.monitor.close()
         oom_kills = 0
         if self.cgroup is not None:
-            with contextlib.suppress(Exception):
+            with best_effort(log, f"reading the OOM count of VM {self.vm_id}"):
                 oom_kills = self.cgroup.oom_kill_count()
         self._finish(returncode, oom_kills)
 
@@ -556,7 +556,7 @@ class VM:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
         if self.cgroup is not None:
-            with contextlib.suppress(Exception):
+            with best_effort(log, f"killing the cgroup {self.cgroup.path} of VM {self.vm_id}"):
                 self.cgroup.kill()
 
     # -- adoption ----------------------------------------------------------------------------------
@@ -594,7 +594,7 @@ class VM:
             vm.console.drain()
             oom_kills = 0
             if cgroup is not None:
-                with contextlib.suppress(Exception):
+                with best_effort(log, f"reading the OOM count of VM {config.vm_id}"):
                     oom_kills = cgroup.oom_kill_count()
             evidence = infer_unwatched_exit(_tail_bytes(vm.console_raw, 4096), _tail(state_path / "qemu.log"))
             if evidence:
