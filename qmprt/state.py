@@ -31,7 +31,8 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     return directory
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or link in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -65,7 +66,7 @@ def write_json_atomic(path: str | os.PathLike[str], document: Any, *, exclusive:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -49,7 +49,7 @@ from qmprt.image.index import ImageMeta, StoreIndex
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
 from qmprt.image.boot import BootFiles, load_boot_files, remove_boot_files, write_boot_files
 from qmprt.image.rules import ImageConfig, RuleSet, Transport, image_config_from_table
-from qmprt.state import ensure_private_dir, write_json_atomic
+from qmprt.state import ensure_private_dir, fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class ImageStore:
                     os.rename(verified.temp_path, self._blob_path(hexdigest))
                 except FileNotFoundError as err:
                     raise Unavailable(f"image {digest} was removed while it was being pulled; pull it again") from err
-                _fsync_directory(self._blobs)
+                fsync_dir(self._blobs)
                 self._index.images[hexdigest] = meta
                 log.info("stored image %s (%s, virtual size %d)", digest, meta.format, meta.virtual_size)
             previous = self._index.names.get(name)
@@ -462,13 +462,5 @@ def _unlink_unless_locked(path: Path) -> bool:
     else:
         path.unlink(missing_ok=True)
         return True
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

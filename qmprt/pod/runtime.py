@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 from qmprt import cgroups, state
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, best_effort
-from qmprt.image.overlay import create_overlay
+from qmprt.image.overlay import create_overlay_async
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
 from qmprt.pod import resources as live_resources
@@ -318,8 +318,8 @@ class Runtime:
                 directory = sandbox.directory / container_id
                 state.ensure_private_dir(directory)
                 undo.callback(shutil.rmtree, directory, ignore_errors=True)
-                await asyncio.to_thread(
-                    create_overlay, image.path, image.format, directory / guest.OVERLAY_FILE, root_disk_bytes,  # type: ignore[arg-type]
+                await create_overlay_async(
+                    image.path, image.format, directory / guest.OVERLAY_FILE, root_disk_bytes,  # type: ignore[arg-type]
                     base_virtual_size_bytes=image.virtual_size,
                 )
                 machine = "microvm" if requested.boot == "microvm" else "q35"
