@@ -1,0 +1,398 @@
+"""CNI invocation: ADD in order with ``prevResult`` chaining, DEL in reverse, CHECK, VERSION.
+
+Assumptions and choices (spec 1.0, as libcni and containerd run it):
+
+- The network is the first config file of ``conf_dir`` (see :mod:`qmprt.net.cni_config`), re-read on
+  every ADD so a config installed after start (by a CNI daemonset) is picked up.
+- The ADD result is cached atomically under ``cache_dir/<network>/<container_id>-<ifname>.json``
+  together with the config, netns path, K8S args and port mappings ADD used. DEL and CHECK replay
+  those, so teardown after a restart or after the config file changed undoes what was really done.
+- DEL is best effort and repeatable: every plugin runs (in reverse) even if one fails, the cache goes
+  only when all succeeded, and a DEL without a cache runs the current config without ``prevResult``.
+- A failed ADD runs a best-effort DEL of the whole list before raising, so a plugin that failed half
+  way (or a missing later binary) leaves no interface or IPAM allocation behind.
+- Every plugin run has a timeout; the plugin (or the ``exec_prefix`` wrapper it was exec'd by, e.g.
+  ``nsenter --net=…``) is killed when it passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qmprt import state
+from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument, NotFound
+from qmprt.net.cni_config import NetworkConfig, PluginConfig, find_config_file, load_config, parse_config
+from qmprt.net.cni_result import DNS, CNIResult, Interface, IPConfig, Route, parse_result
+
+__all__ = [
+    "CNI", "CNIPluginError", "CNIResult", "DNS", "DEFAULT_BIN_DIRS", "Interface", "IPConfig", "K8sArgs",
+    "NetworkConfig", "PluginVersion", "PortMapping", "Route", "find_config_file", "load_config", "parse_config",
+    "parse_result",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
+CACHE_KIND = "qmprt-cni-cache-v1"
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NO_CHECK_VERSIONS = ("0.1.", "0.2.", "0.3.")
+
+
+class CNIPluginError(InternalError):
+    """A plugin exited non-zero; ``code``/``msg``/``details`` are its CNI error object."""
+
+    def __init__(self, plugin: str, command: str, code: int, msg: str, details: str = "") -> None:
+        text = f"CNI plugin {plugin} {command} failed (code {code}): {msg}"
+        super().__init__(f"{text}: {details}" if details else text)
+        self.plugin = plugin
+        self.command = command
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+@dataclass(frozen=True)
+class K8sArgs:
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    infra_container_id: str = ""
+
+    def cni_args(self) -> str:
+        pairs = [
+            ("K8S_POD_NAMESPACE", self.namespace),
+            ("K8S_POD_NAME", self.name),
+            ("K8S_POD_INFRA_CONTAINER_ID", self.infra_container_id),
+            ("K8S_POD_UID", self.uid),
+        ]
+        for key, value in pairs:
+            if ";" in value or "=" in value:
+                raise InvalidArgument(f"{key} value {value!r} cannot be passed in CNI_ARGS")
+        return ";".join(["IgnoreUnknown=1", *(f"{key}={value}" for key, value in pairs)])
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    protocol: str  # "tcp", "udp" or "sctp"
+    container_port: int
+    host_port: int
+    host_ip: str = ""
+
+    def runtime_config(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "protocol": self.protocol.lower(),
+            "containerPort": self.container_port,
+            "hostPort": self.host_port,
+        }
+        if self.host_ip:
+            entry["hostIP"] = self.host_ip
+        return entry
+
+
+@dataclass(frozen=True)
+class PluginVersion:
+    cni_version: str
+    supported_versions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Attachment:
+    """What one ADD was called with: replayed by DEL and CHECK."""
+
+    container_id: str
+    netns_path: str
+    ifname: str
+    k8s: K8sArgs
+    port_mappings: tuple[PortMapping, ...]
+
+
+class CNI:
+    def __init__(
+        self,
+        conf_dir: str | os.PathLike[str],
+        bin_dirs: Sequence[str | os.PathLike[str]] = DEFAULT_BIN_DIRS,
+        cache_dir: str | os.PathLike[str] = "/var/lib/qmprt/cni",
+        exec_prefix: Sequence[str] = (),
+        timeout: float = 60.0,
+    ) -> None:
+        self.conf_dir = Path(conf_dir)
+        self.bin_dirs = tuple(Path(directory) for directory in bin_dirs)
+        self.cache_dir = Path(cache_dir)
+        self.exec_prefix = tuple(exec_prefix)
+        self.timeout = timeout
+
+    def ready(self) -> bool:
+        """True once a network config exists (the CRI NetworkReady condition)."""
+        return find_config_file(self.conf_dir) is not None
+
+    def network(self) -> NetworkConfig:
+        return load_config(self.conf_dir)
+
+    # ADD / DEL / CHECK
+
+    async def add(
+        self,
+        container_id: str,
+        netns_path: str,
+        ifname: str = "eth0",
+        k8s: K8sArgs = K8sArgs(),
+        port_mappings: Sequence[PortMapping] = (),
+    ) -> CNIResult:
+        attachment = _attachment(container_id, netns_path, ifname, k8s, port_mappings)
+        network = self.network()
+        previous: dict[str, Any] | None = None
+        try:
+            for plugin in network.plugins:
+                output = await self._run(plugin, network, "ADD", attachment, previous)
+                if output is not None:
+                    previous = output
+            if previous is None:
+                raise InternalError(f"CNI network {network.name}: no plugin returned a result")
+            result = parse_result(previous)
+            self._write_cache(network, attachment, previous)
+        except BaseException:
+            await self._rollback(network, attachment)
+            raise
+        return result
+
+    async def delete(
+        self,
+        container_id: str,
+        netns_path: str = "",
+        ifname: str = "eth0",
+        k8s: K8sArgs = K8sArgs(),
+        port_mappings: Sequence[PortMapping] = (),
+    ) -> None:
+        """Undo ADD; idempotent. Without a cache entry (ADD never finished) the current config is used."""
+        _attachment(container_id, netns_path, ifname, k8s, port_mappings)
+        cached = self._find_cache(container_id, ifname)
+        if cached is not None:
+            cache_path, entry = cached
+            network = parse_config(entry["config"], source=str(cache_path))
+            attachment = _attachment_from_cache(entry, netns_path)
+            previous = entry["result"]
+        else:
+            cache_path = None
+            if not self.ready():
+                return  # nothing was cached and there is no network to ask: nothing can be undone
+            network = self.network()
+            attachment = _attachment(container_id, netns_path, ifname, k8s, port_mappings)
+            previous = None
+        failures = await self._delete_all(network, attachment, previous)
+        if failures:
+            raise failures[0]
+        if cache_path is not None:
+            cache_path.unlink(missing_ok=True)
+
+    async def check(self, container_id: str, ifname: str = "eth0") -> None:
+        """Ask every plugin whether the attachment is as ADD left it; skipped where disabled."""
+        cached = self._find_cache(container_id, ifname)
+        if cached is None:
+            raise NotFound(f"no CNI result cached for {container_id}/{ifname}")
+        cache_path, entry = cached
+        network = parse_config(entry["config"], source=str(cache_path))
+        if network.disable_check or network.cni_version.startswith(_NO_CHECK_VERSIONS):
+            return
+        attachment = _attachment_from_cache(entry, "")
+        for plugin in network.plugins:
+            await self._run(plugin, network, "CHECK", attachment, entry["result"])
+
+    def cached_result(self, container_id: str, ifname: str = "eth0") -> CNIResult | None:
+        cached = self._find_cache(container_id, ifname)
+        return parse_result(cached[1]["result"]) if cached else None
+
+    async def version_of(self, plugin_type: str) -> PluginVersion:
+        binary = self._find_binary(plugin_type)
+        env = self._environment({"CNI_COMMAND": "VERSION"})
+        stdout = await self._exec(plugin_type, "VERSION", binary, env, {"cniVersion": "1.0.0"})
+        document = _decode(plugin_type, "VERSION", stdout)
+        supported = document.get("supportedVersions") or []
+        if not isinstance(supported, list) or not all(isinstance(item, str) for item in supported):
+            raise InternalError(f"CNI plugin {plugin_type} VERSION: supportedVersions is not a list of strings")
+        return PluginVersion(cni_version=str(document.get("cniVersion", "")), supported_versions=tuple(supported))
+
+    # internals
+
+    async def _rollback(self, network: NetworkConfig, attachment: _Attachment) -> None:
+        failures = await self._delete_all(network, attachment, None)
+        for failure in failures:
+            log.warning("cleanup after a failed CNI ADD of %s: %s", attachment.container_id, failure)
+
+    async def _delete_all(
+        self, network: NetworkConfig, attachment: _Attachment, previous: dict[str, Any] | None
+    ) -> list[Exception]:
+        failures: list[Exception] = []
+        for plugin in reversed(network.plugins):
+            try:
+                await self._run(plugin, network, "DEL", attachment, previous)
+            except (InternalError, FailedPrecondition, DeadlineExceeded) as err:
+                failures.append(err)
+        return failures
+
+    async def _run(
+        self,
+        plugin: PluginConfig,
+        network: NetworkConfig,
+        command: str,
+        attachment: _Attachment,
+        previous: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        stdin = dict(plugin.document)
+        stdin["cniVersion"] = network.cni_version
+        stdin["name"] = network.name
+        if previous is not None:
+            stdin["prevResult"] = previous
+        runtime_config: dict[str, Any] = {}
+        if "portMappings" in plugin.capabilities and attachment.port_mappings:
+            runtime_config["portMappings"] = [mapping.runtime_config() for mapping in attachment.port_mappings]
+        if runtime_config:
+            stdin["runtimeConfig"] = runtime_config
+        else:
+            stdin.pop("runtimeConfig", None)
+        env = self._environment(
+            {
+                "CNI_COMMAND": command,
+                "CNI_CONTAINERID": attachment.container_id,
+                "CNI_NETNS": attachment.netns_path,
+                "CNI_IFNAME": attachment.ifname,
+                "CNI_ARGS": attachment.k8s.cni_args(),
+            }
+        )
+        binary = self._find_binary(plugin.type)
+        stdout = await self._exec(plugin.type, command, binary, env, stdin)
+        if command != "ADD" or not stdout.strip():
+            return None
+        return _decode(plugin.type, command, stdout)
+
+    def _environment(self, cni: dict[str, str]) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CNI_")}
+        env.update(cni)
+        env["CNI_PATH"] = os.pathsep.join(str(directory) for directory in self.bin_dirs)
+        return env
+
+    def _find_binary(self, plugin_type: str) -> Path:
+        for directory in self.bin_dirs:
+            candidate = directory / plugin_type
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+        searched = ", ".join(str(directory) for directory in self.bin_dirs)
+        raise FailedPrecondition(f"CNI plugin {plugin_type} not found in {searched}")
+
+    async def _exec(self, plugin_type: str, command: str, binary: Path, env: dict[str, str], stdin: Any) -> bytes:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.exec_prefix,
+                str(binary),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as err:
+            raise InternalError(f"CNI plugin {plugin_type} {command}: cannot start {binary}: {err}") from err
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(stdin).encode()), self.timeout)
+        except asyncio.TimeoutError as err:
+            process.kill()
+            await process.wait()
+            raise DeadlineExceeded(f"CNI plugin {plugin_type} {command} did not finish in {self.timeout:g}s") from err
+        except BaseException:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            raise
+        if process.returncode != 0:
+            raise _plugin_error(plugin_type, command, process.returncode or 0, stdout, stderr)
+        return stdout
+
+    def _cache_path(self, network_name: str, container_id: str, ifname: str) -> Path:
+        return self.cache_dir / network_name / f"{container_id}-{ifname}.json"
+
+    def _write_cache(self, network: NetworkConfig, attachment: _Attachment, result: dict[str, Any]) -> None:
+        directory = state.ensure_private_dir(self.cache_dir / network.name)
+        entry = {
+            "kind": CACHE_KIND,
+            "network": network.name,
+            "container_id": attachment.container_id,
+            "ifname": attachment.ifname,
+            "netns_path": attachment.netns_path,
+            "k8s": asdict(attachment.k8s),
+            "port_mappings": [asdict(mapping) for mapping in attachment.port_mappings],
+            "config": network.to_json(),
+            "result": result,
+        }
+        state.write_json_atomic(directory / f"{attachment.container_id}-{attachment.ifname}.json", entry)
+
+    def _find_cache(self, container_id: str, ifname: str) -> tuple[Path, dict[str, Any]] | None:
+        """The cache entry under whichever network ADD used (the config may have changed since)."""
+        if not self.cache_dir.is_dir():
+            return None
+        for directory in sorted(self.cache_dir.iterdir()):
+            path = directory / f"{container_id}-{ifname}.json"
+            if not path.is_file():
+                continue
+            entry = state.read_json(path)
+            if not isinstance(entry, dict) or entry.get("kind") != CACHE_KIND:
+                raise InternalError(f"{path} is not a qmprt CNI cache entry")
+            return path, entry
+        return None
+
+
+def _attachment(
+    container_id: str, netns_path: str, ifname: str, k8s: K8sArgs, port_mappings: Sequence[PortMapping]
+) -> _Attachment:
+    if not _CONTAINER_ID.match(container_id):
+        raise InvalidArgument(f"container id {container_id!r} is not valid for CNI")
+    if not _IFNAME.match(ifname):
+        raise InvalidArgument(f"interface name {ifname!r} is not valid")
+    return _Attachment(container_id, netns_path, ifname, k8s, tuple(port_mappings))
+
+
+def _attachment_from_cache(entry: dict[str, Any], netns_path: str) -> _Attachment:
+    try:
+        return _Attachment(
+            container_id=entry["container_id"],
+            netns_path=netns_path or entry["netns_path"],
+            ifname=entry["ifname"],
+            k8s=K8sArgs(**entry["k8s"]),
+            port_mappings=tuple(PortMapping(**mapping) for mapping in entry["port_mappings"]),
+        )
+    except (KeyError, TypeError) as err:
+        raise InternalError(f"CNI cache entry for {entry.get('container_id')} is damaged: {err}") from err
+
+
+def _decode(plugin_type: str, command: str, stdout: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(stdout)
+    except ValueError as err:
+        raise InternalError(f"CNI plugin {plugin_type} {command} printed invalid JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise InternalError(f"CNI plugin {plugin_type} {command} printed {type(document).__name__}, not an object")
+    return document
+
+
+def _plugin_error(plugin_type: str, command: str, exit_code: int, stdout: bytes, stderr: bytes) -> CNIPluginError:
+    try:
+        document = json.loads(stdout)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and "msg" in document:
+        code = document.get("code")
+        return CNIPluginError(
+            plugin_type,
+            command,
+            code if isinstance(code, int) else exit_code,
+            str(document.get("msg", "")),
+            str(document.get("details", "")),
+        )
+    text = (stderr or stdout).decode(errors="replace").strip() or f"exit status {exit_code}"
+    return CNIPluginError(plugin_type, command, exit_code, text[-2000:])
