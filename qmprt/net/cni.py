@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -296,18 +297,19 @@ class CNI:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
+                start_new_session=True,  # a timeout kills the plugin's whole group (iptables, sleep…)
             )
         except OSError as err:
             raise InternalError(f"CNI plugin {plugin_type} {command}: cannot start {binary}: {err}") from err
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(stdin).encode()), self.timeout)
         except asyncio.TimeoutError as err:
-            process.kill()
+            _kill_group(process)
             await process.wait()
             raise DeadlineExceeded(f"CNI plugin {plugin_type} {command} did not finish in {self.timeout:g}s") from err
         except BaseException:
             if process.returncode is None:
-                process.kill()
+                _kill_group(process)
                 await process.wait()
             raise
         if process.returncode != 0:
@@ -345,6 +347,13 @@ class CNI:
                 raise InternalError(f"{path} is not a qmprt CNI cache entry")
             return path, entry
         return None
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _attachment(
