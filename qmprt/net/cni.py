@@ -17,12 +17,9 @@ Assumptions and choices (spec 1.0, as libcni and containerd run it):
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
 import re
-import signal
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ from typing import Any
 from qmprt import state
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument, NotFound
 from qmprt.net.cni_config import NetworkConfig, PluginConfig, find_config_file, load_config, parse_config
+from qmprt.net.cni_exec import CNIPluginError, decode_object, find_binary, run_plugin
 from qmprt.net.cni_result import DNS, CNIResult, Interface, IPConfig, Route, parse_result
 
 __all__ = [
@@ -46,19 +44,6 @@ CACHE_KIND = "qmprt-cni-cache-v1"
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _NO_CHECK_VERSIONS = ("0.1.", "0.2.", "0.3.")
-
-
-class CNIPluginError(InternalError):
-    """A plugin exited non-zero; ``code``/``msg``/``details`` are its CNI error object."""
-
-    def __init__(self, plugin: str, command: str, code: int, msg: str, details: str = "") -> None:
-        text = f"CNI plugin {plugin} {command} failed (code {code}): {msg}"
-        super().__init__(f"{text}: {details}" if details else text)
-        self.plugin = plugin
-        self.command = command
-        self.code = code
-        self.msg = msg
-        self.details = details
 
 
 @dataclass(frozen=True)
@@ -212,10 +197,10 @@ class CNI:
         return parse_result(cached[1]["result"]) if cached else None
 
     async def version_of(self, plugin_type: str) -> PluginVersion:
-        binary = self._find_binary(plugin_type)
+        binary = find_binary(self.bin_dirs, plugin_type)
         env = self._environment({"CNI_COMMAND": "VERSION"})
-        stdout = await self._exec(plugin_type, "VERSION", binary, env, {"cniVersion": "1.0.0"})
-        document = _decode(plugin_type, "VERSION", stdout)
+        stdout = await run_plugin(binary, plugin_type, "VERSION", env, {"cniVersion": "1.0.0"}, self.timeout, self.exec_prefix)
+        document = decode_object(plugin_type, "VERSION", stdout)
         supported = document.get("supportedVersions") or []
         if not isinstance(supported, list) or not all(isinstance(item, str) for item in supported):
             raise InternalError(f"CNI plugin {plugin_type} VERSION: supportedVersions is not a list of strings")
@@ -268,56 +253,17 @@ class CNI:
                 "CNI_ARGS": attachment.k8s.cni_args(),
             }
         )
-        binary = self._find_binary(plugin.type)
-        stdout = await self._exec(plugin.type, command, binary, env, stdin)
+        binary = find_binary(self.bin_dirs, plugin.type)
+        stdout = await run_plugin(binary, plugin.type, command, env, stdin, self.timeout, self.exec_prefix)
         if command != "ADD" or not stdout.strip():
             return None
-        return _decode(plugin.type, command, stdout)
+        return decode_object(plugin.type, command, stdout)
 
     def _environment(self, cni: dict[str, str]) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("CNI_")}
         env.update(cni)
         env["CNI_PATH"] = os.pathsep.join(str(directory) for directory in self.bin_dirs)
         return env
-
-    def _find_binary(self, plugin_type: str) -> Path:
-        for directory in self.bin_dirs:
-            candidate = directory / plugin_type
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return candidate
-        searched = ", ".join(str(directory) for directory in self.bin_dirs)
-        raise FailedPrecondition(f"CNI plugin {plugin_type} not found in {searched}")
-
-    async def _exec(self, plugin_type: str, command: str, binary: Path, env: dict[str, str], stdin: Any) -> bytes:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self.exec_prefix,
-                str(binary),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # a timeout kills the plugin's whole group (iptables, sleep…)
-            )
-        except OSError as err:
-            raise InternalError(f"CNI plugin {plugin_type} {command}: cannot start {binary}: {err}") from err
-        try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(stdin).encode()), self.timeout)
-        except asyncio.TimeoutError as err:
-            _kill_group(process)
-            await process.wait()
-            raise DeadlineExceeded(f"CNI plugin {plugin_type} {command} did not finish in {self.timeout:g}s") from err
-        except BaseException:
-            if process.returncode is None:
-                _kill_group(process)
-                await process.wait()
-            raise
-        if process.returncode != 0:
-            raise _plugin_error(plugin_type, command, process.returncode or 0, stdout, stderr)
-        return stdout
-
-    def _cache_path(self, network_name: str, container_id: str, ifname: str) -> Path:
-        return self.cache_dir / network_name / f"{container_id}-{ifname}.json"
 
     def _write_cache(self, network: NetworkConfig, attachment: _Attachment, result: dict[str, Any]) -> None:
         directory = state.ensure_private_dir(self.cache_dir / network.name)
@@ -349,13 +295,6 @@ class CNI:
         return None
 
 
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _attachment(
     container_id: str, netns_path: str, ifname: str, k8s: K8sArgs, port_mappings: Sequence[PortMapping]
 ) -> _Attachment:
@@ -363,6 +302,7 @@ def _attachment(
         raise InvalidArgument(f"container id {container_id!r} is not valid for CNI")
     if not _IFNAME.match(ifname):
         raise InvalidArgument(f"interface name {ifname!r} is not valid")
+    k8s.cni_args()  # refuses values that would smuggle extra keys into CNI_ARGS
     return _Attachment(container_id, netns_path, ifname, k8s, tuple(port_mappings))
 
 
@@ -377,31 +317,3 @@ def _attachment_from_cache(entry: dict[str, Any], netns_path: str) -> _Attachmen
         )
     except (KeyError, TypeError) as err:
         raise InternalError(f"CNI cache entry for {entry.get('container_id')} is damaged: {err}") from err
-
-
-def _decode(plugin_type: str, command: str, stdout: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(stdout)
-    except ValueError as err:
-        raise InternalError(f"CNI plugin {plugin_type} {command} printed invalid JSON: {err}") from err
-    if not isinstance(document, dict):
-        raise InternalError(f"CNI plugin {plugin_type} {command} printed {type(document).__name__}, not an object")
-    return document
-
-
-def _plugin_error(plugin_type: str, command: str, exit_code: int, stdout: bytes, stderr: bytes) -> CNIPluginError:
-    try:
-        document = json.loads(stdout)
-    except ValueError:
-        document = None
-    if isinstance(document, dict) and "msg" in document:
-        code = document.get("code")
-        return CNIPluginError(
-            plugin_type,
-            command,
-            code if isinstance(code, int) else exit_code,
-            str(document.get("msg", "")),
-            str(document.get("details", "")),
-        )
-    text = (stderr or stdout).decode(errors="replace").strip() or f"exit status {exit_code}"
-    return CNIPluginError(plugin_type, command, exit_code, text[-2000:])

@@ -62,6 +62,11 @@ class Node:
         )
 
 
+def host_links() -> list[str]:
+    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    return sorted(line.split(":")[1].strip() for line in shown.stdout.splitlines())
+
+
 def addresses(pod_ns: str, ifname: str = "eth0") -> list[str]:
     shown = subprocess.run(["ip", "-n", pod_ns, "-o", "addr", "show", "dev", ifname, "scope", "global"], capture_output=True, text=True)
     if shown.returncode != 0:
@@ -81,6 +86,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
     conf_dir, ipam_dir, cache_dir = tmp_path / "net.d", tmp_path / "ipam", tmp_path / "cache"
     conf_dir.mkdir()
     the_node = Node(name, path, conf_dir, ipam_dir, cache_dir, [])
+    links_before = host_links()
     try:
         the_node.run("ip", "link", "set", "lo", "up")
         yield the_node
@@ -89,6 +95,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
             netns.remove(pod)
         netns.remove(name)
     assert not any(netns.exists(ns) for ns in [name, *the_node.pods])
+    assert host_links() == links_before, "a plugin touched the machine's own namespace"
 
 
 def host_local(node: Node, subnet: str, **extra: Any) -> dict[str, Any]:
@@ -171,6 +178,9 @@ async def test_add_check_delete_with_real_plugins(node: Node, layout: str) -> No
     if layout == "bridge+portmap":
         rules = node.run("iptables-save", check=False).stdout + node.run("nft", "list", "ruleset", check=False).stdout
         assert "18080" in rules
+        assert "cni0" in node.run("ip", "-o", "link").stdout
+    if layout == "ptp":
+        assert f"{pod_ip} dev veth" in node.run("ip", "route").stdout  # a /32 host route, as Calico lays it out
 
     await cni.check(container_id)
     restarted = node.cni()  # a new process reads the cache from disk
