@@ -11,6 +11,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,26 @@ def macvlan(node: Node) -> dict[str, Any]:
     }
 
 
+def host_port_answers(node: Node, pod_ns: str, gateway: str) -> bool:
+    """A connection to the node's own address on hostPort 18080 reaches port 80 in the pod (portmap DNAT)."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pod_ns, "busybox", "nc", "-l", "-p", "80"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        assert server.stdin is not None
+        server.stdin.write(b"hello from the pod\n")
+        server.stdin.close()
+        for _ in range(50):
+            if ":80 " in subprocess.run(["ip", "netns", "exec", pod_ns, "busybox", "netstat", "-ltn"], capture_output=True, text=True).stdout:
+                break
+            time.sleep(0.05)
+        reply = node.run("busybox", "nc", "-w", "2", gateway, "18080", check=False).stdout
+        return "hello from the pod" in reply
+    finally:
+        server.kill()
+        server.wait()
+
+
 def prepare_macvlan_master(node: Node) -> None:
     # The node talks to macvlan children through a sibling macvlan of its own (the parent cannot).
     node.run("ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p")  # no dummy module here
@@ -179,6 +200,7 @@ async def test_add_check_delete_with_real_plugins(node: Node, layout: str) -> No
         rules = node.run("iptables-save", check=False).stdout + node.run("nft", "list", "ruleset", check=False).stdout
         assert "18080" in rules
         assert "cni0" in node.run("ip", "-o", "link").stdout
+        assert host_port_answers(node, pod_ns, gateway=result.ips[0].gateway)
     if layout == "ptp":
         assert f"{pod_ip} dev veth" in node.run("ip", "route").stdout  # a /32 host route, as Calico lays it out
 
@@ -227,3 +249,21 @@ async def test_missing_later_plugin_rolls_back_the_first(node: Node) -> None:
     assert links(pod_ns) == ["lo"]
     assert node.allocations() == []
     assert not list(node.cache_dir.rglob("*.json"))
+
+
+async def test_dual_stack_pod_ips_put_ipv4_first(node: Node) -> None:
+    config = calico_like(node)
+    config["plugins"][0]["ipam"]["ranges"] = [[{"subnet": "fd99:2::/64"}], [{"subnet": "10.99.5.0/24"}]]
+    node.write_config("10-test.conflist", config)
+    cni = node.cni()
+    pod_ns, pod_path = node.pod_netns()
+
+    result = await cni.add("dual", pod_path)
+
+    ipv4, ipv6 = result.pod_ips()
+    assert ipv4.startswith("10.99.5.") and ipv6.startswith("fd99:2::")
+    assert {address.split("/")[0] for address in addresses(pod_ns)} == {ipv4, ipv6}
+    node.run("busybox", "ping", "-c1", "-W2", ipv4)
+    await cni.check("dual")
+    await cni.delete("dual")
+    assert node.allocations() == [] and links(pod_ns) == ["lo"]
