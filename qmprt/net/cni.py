@@ -44,6 +44,7 @@ CACHE_KIND = "qmprt-cni-cache-v1"
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _NO_CHECK_VERSIONS = ("0.1.", "0.2.", "0.3.")
+_CACHE_KEYS = {"container_id", "ifname", "netns_path", "k8s", "port_mappings", "config", "result"}
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,11 @@ class CNI:
         k8s: K8sArgs = K8sArgs(),
         port_mappings: Sequence[PortMapping] = (),
     ) -> None:
-        """Undo ADD; idempotent. Without a cache entry (ADD never finished) the current config is used."""
+        """Undo ADD; idempotent.
+
+        With a cache entry, its config, K8S args and port mappings are used (the arguments only give a
+        newer ``netns_path``); without one (ADD never finished) the current config and the arguments.
+        """
         _attachment(container_id, netns_path, ifname, k8s, port_mappings)
         cached = self._find_cache(container_id, ifname)
         if cached is not None:
@@ -289,7 +294,7 @@ class CNI:
             if not path.is_file():
                 continue
             entry = state.read_json(path)
-            if not isinstance(entry, dict) or entry.get("kind") != CACHE_KIND:
+            if not isinstance(entry, dict) or entry.get("kind") != CACHE_KIND or not _CACHE_KEYS <= entry.keys():
                 raise InternalError(f"{path} is not a qmprt CNI cache entry")
             return path, entry
         return None

@@ -1,7 +1,7 @@
 """Fake CNI plugins: small shell scripts that record what they were given and answer from files.
 
 Each run appends a directory ``<seq>-<plugin>-<COMMAND>`` to the record dir with the plugin's
-stdin and its ``CNI_*`` environment. The answer for a command is ``<plugin>.<COMMAND>.out`` (printed)
+stdin and its ``CNI_*`` environment (written aside and renamed, so a record is whole once visible). The answer for a command is ``<plugin>.<COMMAND>.out`` (printed)
 and ``<plugin>.<COMMAND>.rc`` (exit status) from the answers dir; a plugin with neither prints nothing
 and succeeds. ``<plugin>.<COMMAND>.sleep`` makes it hang first.
 """
@@ -18,9 +18,10 @@ SCRIPT = """#!/bin/sh
 stdin=$(cat)
 seq=$(ls "{records}" | wc -l)
 dir="{records}/$(printf %03d "$seq")-{name}-$CNI_COMMAND"
-mkdir -p "$dir"
-printf '%s' "$stdin" > "$dir/stdin"
-env | grep '^CNI_' | sort > "$dir/env"
+mkdir -p "$dir.tmp"
+printf '%s' "$stdin" > "$dir.tmp/stdin"
+env | grep '^CNI_' | sort > "$dir.tmp/env"
+mv "$dir.tmp" "$dir"
 answer="{answers}/{name}.$CNI_COMMAND"
 [ -f "$answer.sleep" ] && sleep "$(cat "$answer.sleep")"
 [ -f "$answer.out" ] && cat "$answer.out"
@@ -68,11 +69,17 @@ class FakePlugins:
     def calls(self) -> list[Call]:
         found = []
         for directory in sorted(self.records.iterdir()):
+            if directory.suffix == ".tmp":
+                continue  # a run killed before its record was complete
             _, plugin, command = directory.name.split("-", 2)
             stdin_text = (directory / "stdin").read_text()
             env = dict(line.split("=", 1) for line in (directory / "env").read_text().splitlines() if "=" in line)
             found.append(Call(plugin, command, json.loads(stdin_text) if stdin_text else {}, env))
         return found
+
+    def started(self, plugin: str, command: str) -> bool:
+        """Whether a run began (its record may still be being written)."""
+        return any(directory.name.endswith(f"-{plugin}-{command}") for directory in self.records.iterdir())
 
     def clear(self) -> None:
         for directory in self.records.iterdir():

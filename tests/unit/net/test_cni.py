@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qmprt.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument, NotFound
 from qmprt.net.cni import CNI, CNIPluginError, K8sArgs, PortMapping
 
 from .fakeplugins import FakePlugins, write_conflist
@@ -253,3 +254,26 @@ async def test_names_that_would_escape_the_cache_are_refused(cni: CNI, container
 async def test_k8s_values_cannot_inject_cni_args(cni: CNI) -> None:
     with pytest.raises(InvalidArgument):
         await cni.add("sandbox1", NETNS, k8s=K8sArgs(name="web;K8S_POD_UID=other"))
+
+
+async def test_a_cancelled_add_is_rolled_back(cni: CNI, fakes: FakePlugins) -> None:
+    fakes.answer("second", "ADD", FINAL, sleep=30)
+    adding = asyncio.create_task(cni.add("sandbox1", NETNS))
+    for _ in range(100):
+        if fakes.started("second", "ADD"):
+            break
+        await asyncio.sleep(0.02)
+
+    adding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await adding
+
+    assert [(call.plugin, call.command) for call in fakes.calls()][-3:] == [("second", "DEL"), ("ports", "DEL"), ("first", "DEL")]
+    assert cni.cached_result("sandbox1") is None
+
+
+async def test_a_damaged_cache_entry_is_reported(cni: CNI, tmp_path: Path) -> None:
+    (tmp_path / "cache" / "podnet").mkdir(parents=True)
+    (tmp_path / "cache" / "podnet" / "sandbox1-eth0.json").write_text('{"kind": "qmprt-cni-cache-v1"}')
+    with pytest.raises(InternalError, match="not a qmprt CNI cache entry"):
+        await cni.delete("sandbox1")
