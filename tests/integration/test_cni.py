@@ -95,6 +95,9 @@ def node(tmp_path: Path) -> Iterator[Node]:
         for pod in the_node.pods:
             netns.remove(pod)
         netns.remove(name)
+        for directory in (conf_dir, ipam_dir, cache_dir):
+            shutil.rmtree(directory, ignore_errors=True)
+    assert not any(directory.exists() for directory in (conf_dir, ipam_dir, cache_dir))
     assert not any(netns.exists(ns) for ns in [name, *the_node.pods])
     assert host_links() == links_before, "a plugin touched the machine's own namespace"
 
