@@ -99,7 +99,8 @@ class CRILogWriter:
 class ConsolePump:
     """Tails ``raw_path`` into a ``CRILogWriter``; ``offset_path`` remembers how far it got.
 
-    ``on_line`` (optional) sees every chunk, for waiting on a marker without rereading the log.
+    ``on_data`` (optional) sees every chunk, for waiting on a marker without rereading the log. The
+    raw log stays open between polls, so a poll is one ``fstat`` (QEMU only ever appends to it).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class ConsolePump:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._offset = self._load_offset()
+        self._raw: BinaryIO | None = None
 
     def _load_offset(self) -> int:
         try:
@@ -128,22 +130,20 @@ class ConsolePump:
         tmp.write_text(str(self._offset))
         os.replace(tmp, self.offset_path)
 
-    def set_writer(self, writer: CRILogWriter | None) -> None:
-        self.writer = writer
-
     def drain(self) -> int:
         """Copy everything new from the raw log; returns the bytes copied."""
-        try:
-            with open(self.raw_path, "rb") as raw:
-                size = os.fstat(raw.fileno()).st_size
-                if size < self._offset:
-                    self._offset = 0  # the raw log was truncated
-                if size == self._offset:
-                    return 0
-                raw.seek(self._offset)
-                data = raw.read(size - self._offset)
-        except FileNotFoundError:
+        if self._raw is None:
+            try:
+                self._raw = open(self.raw_path, "rb")  # noqa: SIM115 - kept open across polls
+            except FileNotFoundError:
+                return 0  # QEMU has not created it yet
+        size = os.fstat(self._raw.fileno()).st_size
+        if size < self._offset:
+            self._offset = 0  # the raw log was truncated
+        if size == self._offset:
             return 0
+        self._raw.seek(self._offset)
+        data = self._raw.read(size - self._offset)
         self._offset += len(data)
         if self.writer is not None:
             self.writer.write(data)
@@ -179,3 +179,9 @@ class ConsolePump:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         self.drain()
+        self.close()
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None

@@ -586,6 +586,7 @@ class VM:
         if current.state == VMState.EXITED:
             vm._exited.set()
             vm.console.drain()
+            vm.console.close()
             return vm
         process = None
         if current.pid is not None:

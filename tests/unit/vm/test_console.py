@@ -54,6 +54,12 @@ def test_pump_resumes_from_saved_offset(tmp_path) -> None:
     with raw.open("ab") as handle:
         handle.write(b"c\n")
     # A new pump (a restarted qmprt) copies only what the first one had not.
+    first.close()
     second = ConsolePump(raw, tmp_path / "console.offset", CRILogWriter(log))
     assert second.drain() == 2
-    assert [row[3] for row in parse(log)] == [b"a", b"b", b"c"]
+    # It keeps the raw log open between polls and still sees what is appended.
+    with raw.open("ab") as handle:
+        handle.write(b"d\n")
+    assert second.drain() == 2 and second.drain() == 0
+    second.close()
+    assert [row[3] for row in parse(log)] == [b"a", b"b", b"c", b"d"]
