@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
+from qmprt.osutil import run_bounded
 from qmprt.errors import DeadlineExceeded, InternalError, InvalidArgument
 
 ImageFormat = Literal["qcow2", "raw"]
@@ -106,22 +107,11 @@ async def create_overlay_async(
     if size_bytes is not None and base_virtual_size_bytes is None:
         base_virtual_size_bytes = await asyncio.to_thread(base_virtual_size, base, base_format, qemu_img)
     argv = _overlay_argv(base, base_format, overlay, size_bytes, qemu_img, base_virtual_size_bytes)
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
     try:
-        _, stderr = await asyncio.wait_for(process.communicate(), QEMU_IMG_TIMEOUT_S)
-    except BaseException as err:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.shield(process.wait())
+        await run_bounded(argv, QEMU_IMG_TIMEOUT_S)
+    except BaseException:
         Path(overlay).unlink(missing_ok=True)
-        if isinstance(err, TimeoutError):
-            raise DeadlineExceeded(f"qemu-img create did not finish in {QEMU_IMG_TIMEOUT_S} s") from err
         raise
-    if process.returncode != 0:
-        Path(overlay).unlink(missing_ok=True)
-        raise InternalError(f"qemu-img create failed: {stderr.decode(errors='replace').strip()}")
     os.chmod(overlay, 0o600)
 
 

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -31,7 +30,8 @@ from typing import Any, Protocol
 import psutil
 
 from qmprt import state
-from qmprt.errors import FailedPrecondition, InvalidArgument, NotFound, ShutdownError, Unavailable, VMError, best_effort
+from qmprt.osutil import listening_unix_socket
+from qmprt.errors import FailedPrecondition, NotFound, ShutdownError, Unavailable, VMError, best_effort
 from qmprt.vm.agent import GuestAgent
 from qmprt.vm.console import ConsolePump, CRILogWriter
 from qmprt.vm.devices import (
@@ -79,7 +79,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METADATA_VERSION = 1
-MAX_SOCKET_PATH = 107
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 EXIT_SETTLE_SECONDS = 2.0
 
@@ -94,24 +93,6 @@ class CgroupLike(Protocol):
     def oom_kill_count(self) -> int: ...
     def kill(self) -> None: ...
     def delete(self) -> None: ...
-
-
-def _listening_socket(path: Path) -> socket.socket:
-    if len(str(path)) > MAX_SOCKET_PATH:
-        raise InvalidArgument(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
-    path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        sock.listen(8)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _tail_bytes(path: Path, limit: int) -> bytes:
@@ -266,10 +247,10 @@ class VM:
         vm.timings.begin = begin
         async with contextlib.AsyncExitStack() as undo:
             sockets = {
-                "qmp": _listening_socket(vm.qmp_socket),
-                "qmp-shell": _listening_socket(vm.qmp_shell_socket),
-                "qga": _listening_socket(vm.qga_socket),
-                "console": _listening_socket(vm.console_socket),
+                "qmp": listening_unix_socket(vm.qmp_socket),
+                "qmp-shell": listening_unix_socket(vm.qmp_shell_socket),
+                "qga": listening_unix_socket(vm.qga_socket),
+                "console": listening_unix_socket(vm.console_socket),
             }
             for sock in sockets.values():
                 undo.callback(sock.close)

@@ -21,21 +21,20 @@ guest's disk). QEMU names are all prefixed ``vol-`` so they never meet the engin
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import os
 import re
 import stat
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from qmprt.errors import DeadlineExceeded, InternalError, InvalidArgument
+from qmprt.osutil import run_bounded
+from qmprt.errors import InvalidArgument
 
 Transport = Literal["pci", "mmio"]  # virtio on PCI (q35) or MMIO (microvm)
 Bus = Literal["virtio-blk", "virtio-scsi"]
@@ -260,21 +259,7 @@ class EphemeralVolume(BlockVolume):
 
 
 async def _run(argv: list[str]) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), QEMU_IMG_TIMEOUT_S)
-    except BaseException as err:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.shield(process.wait())
-        if isinstance(err, TimeoutError):
-            raise DeadlineExceeded(f"{' '.join(argv[:2])} did not finish in {QEMU_IMG_TIMEOUT_S} s") from err
-        raise
-    if process.returncode != 0:
-        raise InternalError(f"{' '.join(argv)} failed: {stderr.decode(errors='replace').strip()}")
-    return stdout.decode()
+    return (await run_bounded(argv, QEMU_IMG_TIMEOUT_S)).decode()
 
 
 def scsi_controller_args(transport: Transport) -> list[str]:

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -42,12 +41,12 @@ from typing import Any, Literal
 
 import psutil
 
+from qmprt.osutil import MAX_SOCKET_PATH, listening_unix_socket
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument
 from qmprt.volumes.block import QMPCommand, Transport, virtio_driver
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 READY_LINE = b"Waiting for vhost-user socket connection"
-MAX_SOCKET_PATH = 107
 TAG_MAX = 36  # bytes of the tag in virtio-fs's config space
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
@@ -140,22 +139,6 @@ def shares_args(shares: Sequence[VirtiofsShare], transport: Transport) -> tuple[
     return tuple(arg for share in shares for arg in share.args(transport))
 
 
-def _listening_socket(path: str) -> socket.socket:
-    Path(path).unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _tail(path: str, limit: int = 600) -> str:
     try:
         with open(path, "rb") as log:
@@ -192,7 +175,7 @@ class VirtiofsDaemon:
         if not os.path.isdir(share.source):
             raise InvalidArgument(f"virtiofs share {share.name}: {share.source} is not a directory")
         log = os.fspath(log_path)
-        sock = _listening_socket(share.socket_path)
+        sock = listening_unix_socket(share.socket_path, backlog=1)
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             popen = subprocess.Popen(
