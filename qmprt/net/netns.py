@@ -15,7 +15,9 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pyroute2 import netns as pyroute2_netns
 
@@ -85,3 +87,36 @@ def remove(name: str) -> None:
             path.unlink(missing_ok=True)  # a file that was never mounted on
         elif path.exists():
             raise InternalError(f"cannot remove network namespace {name}: {err}") from err
+
+
+T = TypeVar("T")
+
+
+def _enter_and_call(path: str, function: Callable[[], T], outcome: list[tuple[bool, Any]]) -> None:
+    try:
+        with open(path, "rb") as handle:
+            if _libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"setns({path}): {os.strerror(code)}")
+        outcome.append((True, function()))
+    except BaseException as err:
+        outcome.append((False, err))
+
+
+def run_in(path: str | os.PathLike[str], function: Callable[[], T]) -> T:
+    """``function()`` called in the network namespace at ``path``, in a throwaway thread.
+
+    Sockets (netlink, AF_PACKET) and tun/tap fds opened by ``function`` stay bound to that namespace
+    after the thread ends, so they can be handed to the event loop or to QEMU. The thread is never
+    reused, so the namespace switch cannot leak into other work. Exceptions propagate.
+    """
+    outcome: list[tuple[bool, Any]] = []
+    worker = threading.Thread(target=_enter_and_call, args=(os.fspath(path), function, outcome), name="netns-call")
+    worker.start()
+    worker.join()
+    if not outcome:
+        raise InternalError(f"no result from the call in network namespace {path}")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
