@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,9 @@ from qmprt.errors import InvalidArgument
 from qmprt.vm.devices import KernelBoot
 from qmprt.vm.numa import HugepageConfig, MemoryPlan, plan_memory
 from qmprt.vm.spec import Accelerator, MachineType
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 @dataclass
@@ -66,6 +70,22 @@ class DiskConfig:
 
 
 @dataclass(frozen=True)
+class NICConfig:
+    """A guest NIC in front of a tap fd that the caller opens at every start (``VM.start(nic_fds=…)``)."""
+
+    mac: str
+    mtu: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _MAC.fullmatch(self.mac):
+            raise InvalidArgument(f"NIC MAC {self.mac!r} is not of the form aa:bb:cc:dd:ee:ff")
+        if int(self.mac[:2], 16) & 1:
+            raise InvalidArgument(f"NIC MAC {self.mac} is a multicast address")
+        if self.mtu is not None and not 68 <= self.mtu <= 65535:
+            raise InvalidArgument(f"NIC MTU {self.mtu} is outside 68..65535")
+
+
+@dataclass(frozen=True)
 class VMConfig:
     """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO.
 
@@ -95,6 +115,7 @@ class VMConfig:
     hugepages: HugepageConfig | None = None
     shared_memory: bool = False
     extra_args: tuple[str, ...] = ()
+    nics: tuple[NICConfig, ...] = ()
 
     def __post_init__(self) -> None:
         self.memory_plan()
@@ -128,6 +149,7 @@ class VMConfig:
                 "host_nodes": tuple(document.get("host_nodes", ())),
                 "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
                 "extra_args": tuple(document.get("extra_args", ())),
+                "nics": tuple(NICConfig(**nic) for nic in document.get("nics", ())),
             }
         )
 

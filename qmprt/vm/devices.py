@@ -155,6 +155,50 @@ class VirtSerialPort:
 
 
 @dataclass(frozen=True)
+class TapNetdev:
+    """A tap backend on an fd qmprt opened (a tap or macvtap queue in the pod's network namespace).
+
+    ``vhost=off``: the kernel's vhost-net is not always there (no ``/dev/vhost-net`` on some hosts), and
+    the fd was opened by qmprt, not QEMU, so QEMU could not open vhost itself anyway.
+    """
+
+    id: str
+    fd: int
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {"type": "tap", "id": self.id, "fd": str(self.fd), "vhost": False}
+
+    def args(self) -> list[str]:
+        return ["-netdev", f"tap,id={self.id},fd={self.fd},vhost=off"]
+
+
+@dataclass(frozen=True)
+class VirtioNet:
+    """The guest NIC. ``host_mtu`` advertises the CNI interface's MTU (VIRTIO_NET_F_MTU): the guest
+    driver adopts it at probe, before any network configuration runs."""
+
+    id: str
+    netdev: str
+    mac: str
+    transport: Transport
+    host_mtu: int | None = None
+
+    def qmp_args(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "driver": self.transport.virtio("virtio-net"),
+            "id": self.id,
+            "netdev": self.netdev,
+            "mac": self.mac,
+        }
+        if self.host_mtu is not None:
+            document["host_mtu"] = self.host_mtu
+        return document
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg(self.qmp_args())]
+
+
+@dataclass(frozen=True)
 class PvPanic:
     """pvpanic lets the guest kernel tell QEMU it panicked (QMP event GUEST_PANICKED)."""
 

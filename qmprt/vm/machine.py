@@ -23,7 +23,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ import psutil
 
 from qmprt import state
 from qmprt.osutil import listening_unix_socket
-from qmprt.errors import FailedPrecondition, NotFound, ShutdownError, Unavailable, VMError, best_effort
+from qmprt.errors import FailedPrecondition, InvalidArgument, NotFound, ShutdownError, Unavailable, VMError, best_effort
 from qmprt.vm.agent import GuestAgent
 from qmprt.vm.console import ConsolePump, CRILogWriter
 from qmprt.vm.devices import (
@@ -41,8 +41,10 @@ from qmprt.vm.devices import (
     RawArgs,
     SerialConsole,
     SocketChardev,
+    TapNetdev,
     VirtioBalloon,
     VirtioBlk,
+    VirtioNet,
     VirtioRng,
     VirtioSerial,
     VirtSerialPort,
@@ -52,6 +54,7 @@ from qmprt.vm.numa import check_host
 from qmprt.vm.pinning import PinReport, parse_cpuset, pin_threads
 from qmprt.vm.config import (
     DiskConfig,
+    NICConfig,
     ShutdownStep,
     StartTimings,
     VMConfig,
@@ -67,6 +70,7 @@ __all__ = [
     "CgroupLike",
     "DiskConfig",
     "ExitVerdict",
+    "NICConfig",
     "ShutdownStep",
     "StartTimings",
     "VMConfig",
@@ -184,8 +188,11 @@ class VM:
 
     # -- rendering -------------------------------------------------------------------------------------
     @staticmethod
-    def render(config: VMConfig, fds: dict[str, int], console_log: str) -> VMSpec:
-        """The full ``VMSpec`` of ``config``, given the fds of the qmprt-made listening sockets."""
+    def render(config: VMConfig, fds: dict[str, int], console_log: str, nic_fds: Sequence[int] = ()) -> VMSpec:
+        """The full ``VMSpec`` of ``config``, given the fds of the qmprt-made listening sockets and one
+        tap fd per NIC of ``config.nics``."""
+        if len(nic_fds) != len(config.nics):
+            raise InvalidArgument(f"{len(config.nics)} NICs configured but {len(nic_fds)} tap fds given")
         memory = config.memory_plan()
         spec_probe = VMSpec(
             name=config.vm_id, machine=config.machine, accel=config.accel, cpus=config.cpus,
@@ -215,6 +222,9 @@ class VM:
             )
         if config.extra_args:
             devices.append(RawArgs(config.extra_args))
+        for index, (nic, tap_fd) in enumerate(zip(config.nics, nic_fds)):
+            devices.append(TapNetdev(f"net{index}", tap_fd))
+            devices.append(VirtioNet(f"nic{index}", f"net{index}", nic.mac, transport, host_mtu=nic.mtu))
         devices += [
             VirtioSerial("vser0", transport),
             SocketChardev("qga", fds["qga"]),
@@ -236,8 +246,12 @@ class VM:
         run_dir: str | os.PathLike[str],
         cgroup: CgroupLike | None = None,
         log_writer: CRILogWriter | None = None,
+        nic_fds: Sequence[int] = (),
     ) -> VM:
-        """Spawn QEMU for ``config`` and connect to it. On failure nothing is left running."""
+        """Spawn QEMU for ``config`` and connect to it. On failure nothing is left running.
+
+        ``nic_fds`` are tap fds, one per ``config.nics``, passed to QEMU; the caller still owns (and
+        closes) them, since QEMU holds its own copies once it runs."""
         begin = time.monotonic()
         check_host(config.memory_plan())
         state_path = state.ensure_private_dir(state_dir)
@@ -255,7 +269,9 @@ class VM:
             for sock in sockets.values():
                 undo.callback(sock.close)
             undo.callback(vm._remove_sockets)
-            spec = cls.render(config, {name: sock.fileno() for name, sock in sockets.items()}, str(vm.console_raw))
+            spec = cls.render(
+                config, {name: sock.fileno() for name, sock in sockets.items()}, str(vm.console_raw), nic_fds
+            )
             argv = spec.argv()
             state.write_json_atomic(
                 state_path / "vm.json",
@@ -275,7 +291,7 @@ class VM:
                     stdin=subprocess.DEVNULL,
                     stdout=stderr_fd,
                     stderr=stderr_fd,
-                    pass_fds=[sock.fileno() for sock in sockets.values()],
+                    pass_fds=[sock.fileno() for sock in sockets.values()] + list(nic_fds),
                     start_new_session=True,
                     cwd=state_path,
                 )

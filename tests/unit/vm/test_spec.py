@@ -230,3 +230,56 @@ def test_config_json_round_trip_keeps_the_memory_layout() -> None:
     for name in ("host_nodes", "guest_numa_nodes", "hugepages", "shared_memory"):
         del old_document[name]
     assert VMConfig.from_json(old_document) == _direct_boot()  # a VM started before these fields existed
+
+
+def test_nics_follow_the_disks_in_order_with_their_tap_fds() -> None:
+    from qmprt.vm.machine import NICConfig
+
+    config = VMConfig(
+        vm_id="ctr1",
+        root_disk=DiskConfig("/s/overlay.qcow2", "qcow2"),
+        nics=(NICConfig("0a:58:0a:63:00:05", mtu=1450), NICConfig("0a:58:0a:64:00:07")),
+    )
+    argv = VM.render(config, FDS, "/s/console.raw", nic_fds=(9, 11)).argv()
+    disk = _disk_args("root", "/s/overlay.qcow2", "qcow2", False,
+                      {"driver": "virtio-blk-pci", "id": "blk-root", "drive": "root", "bootindex": 0})
+    start = argv.index(disk[-1]) + 1
+    assert argv[start:start + 8] == [
+        "-netdev", "tap,id=net0,fd=9,vhost=off",
+        "-device", '{"driver":"virtio-net-pci","id":"nic0","netdev":"net0","mac":"0a:58:0a:63:00:05","host_mtu":1450}',
+        "-netdev", "tap,id=net1,fd=11,vhost=off",
+        "-device", '{"driver":"virtio-net-pci","id":"nic1","netdev":"net1","mac":"0a:58:0a:64:00:07"}',
+    ]
+    assert argv[start + 8:] == Q35_DEVICE_TAIL
+    assert VMConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_microvm_nic_is_a_virtio_mmio_device() -> None:
+    from qmprt.vm.machine import NICConfig
+
+    config = VMConfig(vm_id="ctr1", machine="microvm", root_disk=DiskConfig("/s/o.qcow2", "qcow2"),
+                      kernel=KernelBoot("/k", None, ()), nics=(NICConfig("0a:58:0a:63:00:05"),))
+    argv = VM.render(config, FDS, "/s/console.raw", nic_fds=(7,)).argv()
+    assert '{"driver":"virtio-net-device","id":"nic0","netdev":"net0","mac":"0a:58:0a:63:00:05"}' in argv
+
+
+@pytest.mark.parametrize(
+    ("mac", "mtu", "complaint"),
+    [("0A:58:0a:63:00:05", None, "form"), ("01:00:5e:00:00:01", None, "multicast"), ("0a:58:0a:63:00:05", 40, "MTU")],
+    ids=["upper-case", "multicast", "tiny-mtu"],
+)
+def test_bad_nics_are_refused(mac: str, mtu: int | None, complaint: str) -> None:
+    from qmprt.errors import InvalidArgument
+    from qmprt.vm.machine import NICConfig
+
+    with pytest.raises(InvalidArgument, match=complaint):
+        NICConfig(mac, mtu)
+
+
+def test_a_nic_without_its_tap_fd_is_refused() -> None:
+    from qmprt.errors import InvalidArgument
+    from qmprt.vm.machine import NICConfig
+
+    config = VMConfig(vm_id="ctr1", root_disk=DiskConfig("/s/o.qcow2", "qcow2"), nics=(NICConfig("0a:58:0a:63:00:05"),))
+    with pytest.raises(InvalidArgument, match="1 NICs configured but 0 tap fds"):
+        VM.render(config, FDS, "/s/console.raw")
