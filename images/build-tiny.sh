@@ -38,6 +38,7 @@ kver=${kernel_pkg#linux-image-}
 qemu_ga=/usr/sbin/qemu-ga
 [ -x "$qemu_ga" ] || die "$qemu_ga is missing (package qemu-guest-agent)"
 [ -x /bin/busybox ] || die "/bin/busybox is missing (package busybox-static)"
+/bin/busybox --list | grep -x udhcpc > /dev/null || die "/bin/busybox has no udhcpc applet (the guest's DHCP client)"
 mapfile -t agent_libs < <(ldd "$qemu_ga" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}')
 
 recipe_hash=$(
@@ -169,6 +170,7 @@ rm -f "$rootfs/sbin/poweroff"
 install -m 0755 "$recipe/poweroff" "$rootfs/sbin/poweroff"
 install -m 0644 "$recipe/inittab" "$rootfs/etc/inittab"
 install -m 0644 "$recipe/yaml2sh.awk" "$rootfs/usr/lib/qmprt/yaml2sh.awk"
+install -m 0755 "$recipe/udhcpc.script" "$rootfs/etc/qmprt/udhcpc.script"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rootfs/etc/passwd"
 printf 'root:x:0:\ntty:x:5:\n' > "$rootfs/etc/group"
 echo tiny > "$rootfs/etc/hostname"
