@@ -8,7 +8,8 @@
                 memory_overhead_mib
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent),
                 pids_max
-    [cni]       conf_dir, bin_dirs
+    [cni]       conf_dir, bin_dirs, max_networks (pod interfaces, one per config file), wiring
+                ("tc-redirect" | "macvtap"; a pod's qmprt.io/network-wiring wins), plugin_timeout_seconds
     [image]     name translation rules, transport, limits: kept as the raw table here and checked by
                 ``qmprt.image.image_config_from_table`` when the store opens (config sits below the
                 mechanisms, so it does not import them)
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 from qmprt.errors import InvalidArgument
 
 T = TypeVar("T")
+WIRING_MODES = ("tc-redirect", "macvtap")  # qmprt.net.wiring.MODES (config sits below net)
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,19 @@ class CgroupsConfig:
 class CNIConfig:
     conf_dir: str = "/etc/cni/net.d"
     bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
+    max_networks: int = 1  # config files used, in lexical order: eth0, eth1, … (containerd's max_conf_num)
+    wiring: str = "tc-redirect"  # how a CNI interface reaches the VM: "tc-redirect" or "macvtap"
+    plugin_timeout_seconds: float = 60.0
 
     def validate(self) -> None:
         if not self.bin_dirs:
             raise InvalidArgument("cni.bin_dirs must name at least one directory")
+        if not 1 <= self.max_networks <= 8:
+            raise InvalidArgument(f"cni.max_networks = {self.max_networks}: give 1 to 8")
+        if self.wiring not in WIRING_MODES:
+            raise InvalidArgument(f"cni.wiring = {self.wiring!r}: give one of {', '.join(WIRING_MODES)}")
+        if self.plugin_timeout_seconds <= 0:
+            raise InvalidArgument("cni.plugin_timeout_seconds must be positive")
 
 
 @dataclass(frozen=True)

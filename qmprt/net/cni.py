@@ -27,7 +27,15 @@ from typing import Any
 
 from qmprt import state
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument, NotFound
-from qmprt.net.cni_config import NetworkConfig, PluginConfig, find_config_file, load_config, parse_config
+from qmprt.net.cni_config import (
+    NetworkConfig,
+    PluginConfig,
+    find_config_file,
+    find_config_files,
+    load_config,
+    load_config_file,
+    parse_config,
+)
 from qmprt.net.cni_exec import CNIPluginError, decode_object, find_binary, run_plugin
 from qmprt.net.cni_result import DNS, CNIResult, Interface, IPConfig, Route, parse_result
 
@@ -124,6 +132,18 @@ class CNI:
     def network(self) -> NetworkConfig:
         return load_config(self.conf_dir)
 
+    def networks(self, limit: int) -> list[NetworkConfig]:
+        """The first ``limit`` networks of the config directory, one pod interface each (as
+        containerd's ``max_conf_num``); FailedPrecondition while there is none."""
+        files = find_config_files(self.conf_dir)[:limit]
+        if not files:
+            raise FailedPrecondition(f"no CNI network config (.conflist/.conf/.json) in {self.conf_dir}")
+        networks = [load_config_file(path) for path in files]
+        names = [network.name for network in networks]
+        if len(set(names)) != len(names):
+            raise InvalidArgument(f"CNI configs in {self.conf_dir} share a network name: {', '.join(names)}")
+        return networks
+
     # ADD / DEL / CHECK
 
     async def add(
@@ -133,9 +153,11 @@ class CNI:
         ifname: str = "eth0",
         k8s: K8sArgs = K8sArgs(),
         port_mappings: Sequence[PortMapping] = (),
+        network: NetworkConfig | None = None,
     ) -> CNIResult:
+        """ADD ``network`` (default: the first of the config directory) as ``ifname``."""
         attachment = _attachment(container_id, netns_path, ifname, k8s, port_mappings)
-        network = self.network()
+        network = network or self.network()
         previous: dict[str, Any] | None = None
         try:
             for plugin in network.plugins:

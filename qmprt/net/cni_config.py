@@ -49,23 +49,35 @@ class NetworkConfig:
         }
 
 
-def find_config_file(conf_dir: str | os.PathLike[str]) -> Path | None:
-    """The file that defines the network, or None while there is none (NetworkReady=false)."""
+def find_config_files(conf_dir: str | os.PathLike[str]) -> list[Path]:
+    """The network config files in lexical order (the first defines the pod's first interface)."""
     directory = Path(conf_dir)
     if not directory.is_dir():
-        return None
-    candidates = sorted(
-        entry.name
-        for entry in directory.iterdir()
-        if entry.suffix in CONFIG_SUFFIXES and not entry.name.startswith(".") and entry.is_file()
-    )
-    return directory / candidates[0] if candidates else None
+        return []
+    return [
+        directory / name
+        for name in sorted(
+            entry.name
+            for entry in directory.iterdir()
+            if entry.suffix in CONFIG_SUFFIXES and not entry.name.startswith(".") and entry.is_file()
+        )
+    ]
+
+
+def find_config_file(conf_dir: str | os.PathLike[str]) -> Path | None:
+    """The file that defines the network, or None while there is none (NetworkReady=false)."""
+    files = find_config_files(conf_dir)
+    return files[0] if files else None
 
 
 def load_config(conf_dir: str | os.PathLike[str]) -> NetworkConfig:
     path = find_config_file(conf_dir)
     if path is None:
         raise FailedPrecondition(f"no CNI network config (.conflist/.conf/.json) in {conf_dir}")
+    return load_config_file(path)
+
+
+def load_config_file(path: Path) -> NetworkConfig:
     try:
         document = json.loads(path.read_bytes())
     except (OSError, ValueError) as err:

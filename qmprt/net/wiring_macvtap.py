@@ -36,6 +36,8 @@ from qmprt.net.wiring_netlink import (
 )
 from qmprt.net.wiring_record import Link
 
+IFF_ALLMULTI = 0x200
+
 log = logging.getLogger(__name__)
 
 IFA_F_NODAD, IFA_F_NOPREFIXROUTE = 0x02, 0x200
@@ -75,7 +77,11 @@ async def wire(ipr: Any, link: Link, cni_interface: Interface) -> None:
         await ipr.link("add", ifname=link.device, kind="macvtap", link=index, macvtap_mode="bridge", address=link.mac)
     with failing(f"creating the DHCP helper macvlan {link.dhcp_device} on {link.ifname}"):
         await ipr.link("add", ifname=link.dhcp_device, kind="macvlan", link=index, macvlan_mode="bridge")
-    await bring_up(ipr, link.device, link.mtu)
+    macvtap = await bring_up(ipr, link.device, link.mtu)
+    # QEMU does not pass the guest's multicast filter on to a macvtap it did not open, so without
+    # allmulti the guest never hears the node's IPv6 neighbour solicitations (solicited-node multicast).
+    with failing(f"letting multicast through {link.device}"):
+        await ipr.link("set", index=macvtap.index, flags=IFF_ALLMULTI, change=IFF_ALLMULTI)
     await bring_up(ipr, link.dhcp_device, link.mtu)
 
 

@@ -30,10 +30,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 from qmprt.errors import InvalidArgument
+from qmprt.net.wiring import MODES, Mode
 
 PREFIX = "qmprt.io/"
 ROOT_VOLUME_SIZE = PREFIX + "root-volume-size"
@@ -47,6 +48,7 @@ SSH_AUTHORIZED_KEYS = PREFIX + "ssh-authorized-keys"
 DATA_VOLUMES = PREFIX + "data-volumes"
 RBD_VOLUMES = PREFIX + "rbd-volumes"
 ISCSI_VOLUMES = PREFIX + "iscsi-volumes"
+NETWORK_WIRING = PREFIX + "network-wiring"
 
 KNOWN_KEYS: Mapping[str, str] = {
     ROOT_VOLUME_SIZE: "the container's root disk size, a Kubernetes quantity (10Gi, 512Mi, 20G or bytes)",
@@ -60,6 +62,7 @@ KNOWN_KEYS: Mapping[str, str] = {
     DATA_VOLUMES: "ephemeral data disk sizes: 10Gi,512Mi or 3x1Gi",
     RBD_VOLUMES: 'a JSON list of {"pool", "image", "monitors", "user", "secret_mount"}',
     ISCSI_VOLUMES: 'a JSON list of {"portal", "target", "lun", "user", "secret_mount"}',
+    NETWORK_WIRING: "tc-redirect or macvtap (a pod annotation: how its CNI interfaces reach the VM)",
 }
 MAX_DATA_VOLUMES = 16
 SSH_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ecdsa-sha2-", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-")
@@ -205,6 +208,13 @@ def parse_annotations(container: Mapping[str, str], sandbox: Mapping[str, str]) 
     if size <= 0:
         raise InvalidArgument(f"annotation {ROOT_VOLUME_SIZE}: {size_text!r} is not a positive size")
     return dataclasses.replace(parsed, root_volume_size_bytes=size, root_volume_size=size_text)
+
+
+def network_wiring(sandbox: Mapping[str, str], default: str) -> Mode:
+    """The pod's wiring mode: its ``qmprt.io/network-wiring`` annotation, else the node's ``default``."""
+    _check_keys(sandbox, "sandbox")
+    allowed = (default, *(mode for mode in MODES if mode != default))
+    return cast(Mode, _choice(sandbox, NETWORK_WIRING, allowed))
 
 
 def _positive_int(annotations: Mapping[str, str], key: str) -> int | None:

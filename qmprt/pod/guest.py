@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qmprt.cloudinit import DNSConfig, SeedFormat, SeedSpec, write_seed_iso
+from qmprt.cloudinit import SeedFormat, SeedSpec, write_seed_iso
 from qmprt.config import Config
 from qmprt.errors import InvalidArgument
 from qmprt.pod.model import ContainerSpec, SandboxSpec
 from qmprt.pod.annotations import QmprtAnnotations
+from qmprt.pod.network import PodNetwork, guest_dns
 from qmprt.pod.records import ContainerRecord
 from qmprt.pod.storage import StoragePlan, shares_from_json
 from qmprt.vm.machine import DiskConfig, VMConfig
@@ -23,19 +24,18 @@ SEED_FILE = "seed.iso"
 
 
 def seed_spec(
-    container_id: str, container: ContainerSpec, sandbox: SandboxSpec, requested: QmprtAnnotations, plan: StoragePlan
+    container_id: str, container: ContainerSpec, sandbox: SandboxSpec, requested: QmprtAnnotations, plan: StoragePlan,
+    network: PodNetwork | None = None,
 ) -> SeedSpec:
     hostname = sandbox.hostname or sandbox.metadata.name
-    dns = None
-    if sandbox.dns.servers or sandbox.dns.searches or sandbox.dns.options:
-        dns = DNSConfig(servers=sandbox.dns.servers, searches=sandbox.dns.searches, options=sandbox.dns.options)
     try:
         return SeedSpec(
             instance_id=container_id,
             hostname=hostname,
             env=dict(container.envs),
             command=container.command + container.args,
-            dns=dns,
+            dns=guest_dns(sandbox, network),
+            interfaces=network.guest_interfaces() if network is not None else (),
             files=plan.files,
             mounts=plan.seed_mounts,
             ssh_authorized_keys=requested.ssh_authorized_keys,
@@ -48,12 +48,12 @@ def seed_spec(
 
 def write_seed(
     directory: Path, container_id: str, container: ContainerSpec, sandbox: SandboxSpec,
-    requested: QmprtAnnotations, plan: StoragePlan,
+    requested: QmprtAnnotations, plan: StoragePlan, network: PodNetwork | None = None,
 ) -> Path:
     path = directory / SEED_FILE
     try:
         write_seed_iso(
-            seed_spec(container_id, container, sandbox, requested, plan), path, SeedFormat(requested.seed_format)
+            seed_spec(container_id, container, sandbox, requested, plan, network), path, SeedFormat(requested.seed_format)
         )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
@@ -77,8 +77,11 @@ def kernel_boot(record: ContainerRecord, accel: Accelerator) -> KernelBoot | Non
     return KernelBoot(record.kernel, record.initrd, append)
 
 
-def vm_config(container_id: str, directory: Path, record: ContainerRecord, config: Config, accel: Accelerator) -> VMConfig:
-    """The VM of a container: its overlay as the root disk, the seed beside it."""
+def vm_config(
+    container_id: str, directory: Path, record: ContainerRecord, config: Config, accel: Accelerator,
+    network: PodNetwork | None = None,
+) -> VMConfig:
+    """The VM of a container: its overlay as the root disk, the seed beside it, a NIC per pod interface."""
     return VMConfig(
         vm_id=container_id,
         root_disk=DiskConfig(str(directory / OVERLAY_FILE), "qcow2"),
@@ -95,4 +98,5 @@ def vm_config(container_id: str, directory: Path, record: ContainerRecord, confi
         shared_memory=bool(record.shares),
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,
+        nics=network.nics() if network is not None else (),
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from qmprt import state
 from qmprt.cgroups import Cgroup
+from qmprt.pod.network import PodNetwork
 from qmprt.pod.model import ContainerSpec, SandboxSpec
 from qmprt.pod.storage import ShareDaemons
 from qmprt.pod.states import ContainerState, SandboxState, check_container_transition, check_sandbox_transition
@@ -41,6 +42,7 @@ class Sandbox:
         self.spec = spec
         self._status = status
         self.lock = asyncio.Lock()
+        self.network: PodNetwork | None = None  # None: no CNI network (none configured, or torn down)
 
     @classmethod
     def create(cls, sandbox_id: str, directory: Path, spec: SandboxSpec, status: SandboxStatus) -> Sandbox:
@@ -54,7 +56,9 @@ class Sandbox:
     def load(cls, directory: Path) -> Sandbox:
         spec = SandboxSpec.from_json(state.read_json(directory / SANDBOX_FILE))
         status = state.StatusFile.load(directory / STATUS_FILE, SandboxStatus.to_json, SandboxStatus.from_json)
-        return cls(directory.name, directory, spec, status)
+        sandbox = cls(directory.name, directory, spec, status)
+        sandbox.network = PodNetwork.load(directory)
+        return sandbox
 
     @property
     def status(self) -> SandboxStatus:

@@ -9,6 +9,10 @@ Assumptions:
   recovery repairs: a RUNNING container whose VM is gone is judged from the VM's recorded events and
   console; a CREATED container whose VM exists (a crash between spawning QEMU and recording it) is
   adopted as RUNNING.
+- A sandbox's ``network.json`` is written before its metadata, so a complete sandbox has it when it
+  has a network; a half-created one gets a CNI DEL from the CNI cache (IPAM is released) before its
+  namespace goes, which takes its taps and qdiscs along. The wiring of a ready sandbox is checked
+  and its DHCP responders (which live in this process) are started again.
 - QEMU processes are identified by pid, start time and ``-name guest=<container id>``; a reused pid
   is never mistaken for a VM.
 """
@@ -45,7 +49,10 @@ async def recover(runtime: Runtime) -> None:
         state.remove_stale_temp_files(directory)
         if not (directory / SANDBOX_FILE).exists():
             log.warning("removing half-created sandbox %s", directory.name[:12])
-            netns.remove(netns.netns_name(directory.name))
+            name = netns.netns_name(directory.name)
+            with contextlib.suppress(QmprtError):
+                await runtime.networks.forget_half_created(directory.name, str(netns.netns_path(name)))
+            netns.remove(name)
             shutil.rmtree(directory, ignore_errors=True)
             removed += 1
             continue
@@ -53,6 +60,8 @@ async def recover(runtime: Runtime) -> None:
         if sandbox.status.state == SandboxState.READY and not netns.exists(netns.netns_name(sandbox.id)):
             log.warning("sandbox %s lost its network namespace: NOTREADY", sandbox.id[:12])
             sandbox.set_state(SandboxState.NOTREADY)
+        elif sandbox.status.state == SandboxState.READY and sandbox.network is not None:
+            await runtime.networks.readopt(sandbox.id, sandbox.spec, sandbox.network)
         runtime.register_sandbox(sandbox)
         for container_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
             state.remove_stale_temp_files(container_dir)

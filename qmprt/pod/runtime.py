@@ -25,7 +25,8 @@ from qmprt.image.overlay import create_overlay_async
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
 from qmprt.pod import resources as live_resources
-from qmprt.pod.annotations import parse_annotations
+from qmprt.pod.network import PodNetworks
+from qmprt.pod.annotations import network_wiring, parse_annotations
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
 from qmprt.pod.sizing import size_vm
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", Sandbox, Container)
 LIVE_STATES = (ContainerState.CREATED, ContainerState.RUNNING)
-CNI_CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 FORCED_STOP_GRACE = 0.0
 
 
@@ -92,6 +92,7 @@ class Runtime:
         self._sandbox_names: dict[tuple[str, str, str, int], str] = {}
         self._container_names: dict[tuple[str, str, int], str] = {}
         self.pod_cidr = ""
+        self.networks = PodNetworks(config.cni, self.state_root / "cni", self.run_root / "net")
         log.info("accelerator: %s (%s)", self.accel.accel, self.accel.reason)
 
     # -- lifecycle of the runtime itself --------------------------------------------------------------
@@ -111,12 +112,11 @@ class Runtime:
                 await container.vm.detach()
             if container.log_writer is not None:
                 container.log_writer.close()
+        self.networks.close()
 
     def health(self) -> RuntimeHealth:
-        conf_dir = Path(self.config.cni.conf_dir)
-        has_cni = conf_dir.is_dir() and any(
-            entry.suffix in CNI_CONFIG_SUFFIXES for entry in conf_dir.iterdir() if entry.is_file()
-        )
+        conf_dir = self.config.cni.conf_dir
+        has_cni = self.networks.ready()
         return RuntimeHealth(
             runtime_ready=True,
             runtime_reason="",
@@ -163,6 +163,7 @@ class Runtime:
             )
         if spec.log_directory and not os.path.isabs(spec.log_directory):
             raise InvalidArgument(f"log_directory {spec.log_directory!r} must be an absolute path")
+        wiring_mode = network_wiring(spec.annotations, self.config.cni.wiring)
         key = (metadata.name, metadata.namespace, metadata.uid, metadata.attempt)
         if key in self._sandbox_names:
             raise AlreadyExists(
@@ -179,10 +180,20 @@ class Runtime:
             netns_name = netns.netns_name(sandbox_id)
             undo.callback(netns.remove, netns_name)
             netns_path = await asyncio.to_thread(netns.create, netns_name)
+            network = await self.networks.setup(sandbox_id, spec, directory, str(netns_path), wiring_mode)
+            if network is not None:
+                undo.push_async_callback(self.networks.teardown, sandbox_id, directory, str(netns_path))
+            pod_ips = network.pod_ips() if network is not None else ()
             sandbox = Sandbox.create(
                 sandbox_id, directory, spec,
-                SandboxStatus(SandboxState.READY, time.time_ns(), netns_path=str(netns_path)),
+                SandboxStatus(
+                    SandboxState.READY, time.time_ns(), netns_path=str(netns_path),
+                    ip=pod_ips[0] if pod_ips else "", additional_ips=pod_ips[1:],
+                ),
             )
+            sandbox.network = network
+            if network is not None:
+                await self.networks.start_responders(sandbox_id, spec, network)
             self.sandboxes[sandbox_id] = sandbox
             undo.pop_all()
         log.info("sandbox %s ready (%s/%s)", sandbox_id[:12], metadata.namespace, metadata.name)
@@ -216,6 +227,9 @@ class Runtime:
         async with sandbox.lock:
             for container in self._containers_of(sandbox.id):
                 await self._stop_container(container, FORCED_STOP_GRACE)
+            # A failed CNI DEL raises before the namespace goes: kubelet retries StopPodSandbox.
+            await self.networks.teardown(sandbox.id, sandbox.directory, sandbox.status.netns_path)
+            sandbox.network = None
             await asyncio.to_thread(netns.remove, netns.netns_name(sandbox.id))
             if sandbox.status.state != SandboxState.NOTREADY:
                 sandbox.set_state(SandboxState.NOTREADY)
@@ -326,7 +340,9 @@ class Runtime:
                 plan = await plan_storage(
                     spec, requested, directory, self.container_run_dir(container_id), guest.transport(machine)
                 )
-                await asyncio.to_thread(guest.write_seed, directory, container_id, spec, sandbox.spec, requested, plan)
+                await asyncio.to_thread(
+                    guest.write_seed, directory, container_id, spec, sandbox.spec, requested, plan, sandbox.network
+                )
                 record = ContainerRecord(
                     spec=spec,
                     sandbox_id=sandbox.id,
@@ -432,8 +448,11 @@ class Runtime:
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready")
             log_writer = self._open_log(container)
-            config = guest.vm_config(container.id, container.directory, container.record, self.config, self.accel.accel)
+            config = guest.vm_config(
+                container.id, container.directory, container.record, self.config, self.accel.accel, sandbox.network
+            )
             cgroup: cgroups.Cgroup | None = None
+            nic_fds: list[int] = []
             try:
                 shares = shares_from_json(container.record.shares)
                 if shares:
@@ -444,8 +463,11 @@ class Runtime:
                         container.directory, shares, fs_cgroup.exec_prefix()
                     )
                 cgroup = self.make_cgroup(container)
+                if sandbox.network is not None:
+                    nic_fds = await asyncio.to_thread(self.networks.open_queues, sandbox.network)
                 vm = await VM.start(
-                    config, container.directory, self.container_run_dir(container.id), cgroup=cgroup, log_writer=log_writer
+                    config, container.directory, self.container_run_dir(container.id), cgroup=cgroup,
+                    log_writer=log_writer, nic_fds=nic_fds,
                 )
             except BaseException as err:
                 if cgroup is not None:
@@ -462,6 +484,9 @@ class Runtime:
                         reason="StartError", message=str(err),
                     )
                 raise
+            finally:
+                for tap_fd in nic_fds:
+                    os.close(tap_fd)
             self.attach_vm(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
             await live_resources.pin(container)

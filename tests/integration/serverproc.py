@@ -23,7 +23,14 @@ class ServerProcess:
     ``image_name`` is mapped to the tiny guest's file; ``image_rules`` adds (name, URL) rules after it.
     """
 
-    def __init__(self, directory: Path, socket_dir: Path, tiny: TinyGuest, cgroup_root: str, image_name: str, log_level: str = "debug", image_rules: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, directory: Path, socket_dir: Path, tiny: TinyGuest, cgroup_root: str, image_name: str,
+        log_level: str = "debug", image_rules: Sequence[tuple[str, str]] = (),
+        cni_settings: str = "", exec_prefix: Sequence[str] = (),
+    ) -> None:
+        """``cni_settings``: more lines for the ``[cni]`` table; ``exec_prefix``: what serve runs under
+        (``nsenter --net=<node netns> --``, to run the node inside a test's network namespace)."""
+        self.exec_prefix = list(exec_prefix)
         self.socket = socket_dir / "qmprt.sock"
         self.state_dir = directory / "state"
         self.log = directory / "serve.log"
@@ -41,6 +48,7 @@ log_level = "{log_level}"
 root = "{cgroup_root}"
 [cni]
 conf_dir = "{self.cni_dir}"
+{cni_settings}
 [image]
 file_roots = ["{tiny.directory}"]
 [[image.rule]]
@@ -58,7 +66,7 @@ url = "file://{tiny.disk}"
     def start(self, timeout: float = 60) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "qmprt.cli", "serve", "--config", str(self.config)],
+                [*self.exec_prefix, sys.executable, "-m", "qmprt.cli", "serve", "--config", str(self.config)],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -82,6 +90,27 @@ url = "file://{tiny.disk}"
         code = self.process.wait(timeout)
         self.process = None
         return code
+
+    def shut_down(self) -> list[str]:
+        """What a test module's server fixture does last: remove every pod through the socket (Stop then
+        Remove, as kubelet), stop the server by PID, kill any QEMU it left. Returns what was left behind."""
+        leaked = []
+        if self.process is not None:
+            try:
+                with grpc.insecure_channel(self.address) as channel:
+                    stub = api_pb2_grpc.RuntimeServiceStub(channel)
+                    for pod in stub.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=30).items:
+                        stub.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=120)
+                        stub.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=120)
+            except grpc.RpcError as err:
+                leaked.append(f"cleanup through the socket failed: {err}")
+            code = self.stop()
+            if code != 0:
+                leaked.append(f"qmprt serve exited with {code}:\n{self.tail()}")
+        for process in self.qemu_processes():
+            leaked.append(f"qemu pid {process.pid}")
+            process.kill()
+        return leaked
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -44,13 +44,6 @@ LABELS = {
 }
 
 
-def _remove_everything(address: str) -> None:
-    with grpc.insecure_channel(address) as channel:
-        stub = api_pb2_grpc.RuntimeServiceStub(channel)
-        for pod in stub.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=30).items:
-            stub.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=120)
-
-
 @pytest.fixture(scope="module")
 def server(
     tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory
@@ -62,16 +55,7 @@ def server(
     try:
         yield served
     finally:
-        leaked = []
-        if served.process is not None:
-            try:
-                _remove_everything(served.address)
-            except grpc.RpcError as err:
-                leaked.append(f"cleanup through the socket failed: {err}")
-            assert served.stop() == 0, served.tail()
-        for process in served.qemu_processes():
-            leaked.append(f"qemu pid {process.pid}")
-            process.kill()
+        leaked = served.shut_down()
         shutil.rmtree(socket_dir, ignore_errors=True)
         assert not leaked, f"the tests left VMs behind: {leaked}"
 

@@ -31,7 +31,7 @@ from qmprt import cgroups
 from .conftest import TEST_CGROUP_ROOT
 from .guests import ROOT, TinyGuest
 from .serverproc import ServerProcess
-from .test_cri_server import _remove_everything, wait_for_log
+from .test_cri_server import wait_for_log
 
 PULLED = "http.qmprt.test/tiny:1"
 IMPORTED = "import.qmprt.test/tiny:1"
@@ -75,15 +75,9 @@ def server(
     try:
         yield served
     finally:
-        try:
-            _remove_everything(served.address)
-        finally:
-            code = served.stop()
-            stray = served.qemu_processes()
-            for process in stray:
-                process.kill()
-            shutil.rmtree(socket_dir, ignore_errors=True)
-        assert code == 0 and not stray, f"exit {code}, VMs left: {stray}\n{served.tail()}"
+        leaked = served.shut_down()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        assert not leaked, f"the tests left VMs behind: {leaked}"
 
 
 @pytest.fixture

@@ -1,0 +1,439 @@
+"""VM pods on a CNI network, end to end: ``qmprt serve`` runs inside a "node" network namespace this
+module creates (``nsenter --net=``, so the state and netns mounts stay in the machine's mount
+namespace), with Debian's real plugins, real gRPC on a unix socket and the tiny guest in real QEMU.
+
+Each layout is one CNI config (written into the server's config directory before the pods, which
+qmprt re-reads at every ADD): ``bridge`` + ``host-local`` + ``portmap`` laid out like Flannel,
+``ptp`` + ``host-local`` routed like Calico (dual-stack), and ``macvlan`` (the node talks to the pods
+through a macvlan shim of its own). Each layout runs in both wiring modes. Addresses are in
+10.98.0.0/16 and fd98::/48, inside the test's namespaces only; nothing is routed off the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as cri
+from cri_api.v1 import api_pb2_grpc
+
+from qmprt import cgroups
+from qmprt.net import netns
+
+from .conftest import TEST_CGROUP_ROOT
+from .guests import ROOT, TinyGuest
+from .serverproc import ServerProcess
+
+BIN_DIR = Path("/usr/lib/cni")
+IMAGE_NAME = "images.qmprt.test/tiny:1"
+DHCP_IMAGE = "images.qmprt.test/tiny-dhcp:1"
+BOOT_TIMEOUT = 150
+HOST_PORT = 18080
+GUEST_PORT = 8080
+MODES = ("tc-redirect", "macvtap")
+SHORT = {"tc-redirect": "tc", "macvtap": "mvt"}  # for pod names (DNS labels)
+
+pytestmark = pytest.mark.skipif(
+    not (BIN_DIR / "bridge").exists() or not shutil.which("nsenter"), reason="needs containernetworking-plugins and nsenter"
+)
+
+
+def host_links() -> list[str]:
+    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    return sorted(line.split(":")[1].strip() for line in shown.stdout.splitlines())
+
+
+def qmprt_namespaces() -> set[str]:
+    """Pod namespaces (tests' own are named qmprt-t…)."""
+    if not netns.NETNS_DIR.is_dir():
+        return set()
+    return {entry.name for entry in netns.NETNS_DIR.iterdir() if entry.name.startswith("qmprt-") and not entry.name.startswith("qmprt-t")}
+
+
+@dataclass
+class Node:
+    name: str
+    path: Path
+    ipam_dir: Path
+    server: ServerProcess
+    bin_dir: Path
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} in the node: {result.returncode}\n{result.stdout}{result.stderr}")
+        return result
+
+    def write_config(self, document: dict[str, Any]) -> None:
+        for old in self.server.cni_dir.iterdir():
+            old.unlink()
+        suffix = ".conflist" if "plugins" in document else ".conf"
+        (self.server.cni_dir / f"10-test{suffix}").write_text(json.dumps(document))
+
+    def allocations(self) -> list[str]:
+        return sorted(
+            entry.name for entry in self.ipam_dir.rglob("*")
+            if entry.is_file() and (entry.name[0].isdigit() or ":" in entry.name)
+        )
+
+    def links(self) -> list[str]:
+        """The node's links but the bridge, which the bridge plugin makes once and keeps (as Flannel's)."""
+        shown = self.run("ip", "-o", "link")
+        names = (line.split(":")[1].strip().split("@")[0] for line in shown.stdout.splitlines())
+        return sorted(name for name in names if name != "cni0")
+
+    def http_get(self, address: str, port: int = GUEST_PORT) -> str:
+        """The answer to ``GET /`` from the node, or why there is none (so a failed assertion shows it).
+
+        A Python socket opened inside the node's namespace (Debian's static busybox wget crashes here).
+        """
+        def fetch() -> str:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as connection:
+                connection.settimeout(5)
+                connection.connect((address, port))
+                connection.sendall(f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+                chunks = []
+                while chunk := connection.recv(65536):
+                    chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
+
+        try:
+            return netns.run_in(self.path, fetch)
+        except OSError as err:
+            return f"GET http://{address}:{port}/ failed: {err}"
+
+
+def host_local(node_ipam: Path, *ranges: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"type": "host-local", "dataDir": str(node_ipam), "ranges": list(ranges), **extra}
+
+
+def flannel_like(node: Node) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "cbr",
+        "disableCheck": True,  # Debian's portmap fails CHECK for IPv4-only pods (plugins#819)
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                "mtu": 1450,
+                "ipam": host_local(node.ipam_dir, [{"subnet": "10.98.1.0/24"}], routes=[{"dst": "0.0.0.0/0"}]),
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": False},
+        ],
+    }
+
+
+def calico_like(node: Node) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "routed",
+        "plugins": [
+            {
+                "type": "ptp", "ipMasq": False, "mtu": 1400,
+                "ipam": host_local(
+                    node.ipam_dir, [{"subnet": "10.98.2.0/24"}], [{"subnet": "fd98:2::/64"}],
+                    routes=[{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                ),
+            }
+        ],
+    }
+
+
+def macvlan(node: Node) -> dict[str, Any]:
+    return {
+        "cniVersion": "0.4.0",
+        "name": "mv",
+        "type": "macvlan",
+        "master": "uplink0",
+        "mode": "bridge",
+        "ipam": host_local(node.ipam_dir, [{"subnet": "10.98.3.0/24", "rangeStart": "10.98.3.10"}]),
+    }
+
+
+LAYOUTS = {"flannel": flannel_like, "calico": calico_like, "macvlan": macvlan}
+
+
+@pytest.fixture(scope="module")
+def node(tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    links_before = host_links()
+    namespaces_before = qmprt_namespaces()
+    name = f"qmprt-tn{secrets.token_hex(4)}"
+    path = netns.create(name)
+    directory = tmp_path_factory.mktemp("podnet")
+    socket_dir = Path(f"/tmp/qmprt-n-{secrets.token_hex(4)}")
+    socket_dir.mkdir(mode=0o700)
+    ipam_dir = directory / "ipam"
+    bin_dir = directory / "bin"  # a failing plugin for the cleanup test, beside Debian's
+    bin_dir.mkdir()
+    server = ServerProcess(
+        directory, socket_dir, tiny, f"{TEST_CGROUP_ROOT}/net", IMAGE_NAME,
+        cni_settings=f'bin_dirs = ["{bin_dir}", "{BIN_DIR}"]\nplugin_timeout_seconds = 20',
+        exec_prefix=["nsenter", f"--net={path}", "--"],
+    )
+    the_node = Node(name, path, ipam_dir, server, bin_dir)
+    try:
+        for argv in (
+            ["ip", "link", "set", "lo", "up"],
+            ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            # The macvlan master: one end of a veth (this kernel has no dummy), and the node's own
+            # macvlan beside the pods' (a macvlan parent cannot talk to its children).
+            ["ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"],
+            ["ip", "link", "set", "uplink0p", "up"],
+            ["ip", "link", "set", "uplink0", "up"],
+            ["ip", "link", "add", "shim0", "link", "uplink0", "type", "macvlan", "mode", "bridge"],
+            ["ip", "addr", "add", "10.98.3.2/24", "dev", "shim0"],
+            ["ip", "link", "set", "shim0", "up"],
+            # The node's own address, where hostPorts are published.
+            ["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p"],
+            ["ip", "addr", "add", "10.98.255.1/32", "dev", "node0"],
+            ["ip", "link", "set", "node0", "up"],
+        ):
+            the_node.run(*argv)
+        image_dhcp_variant(server, tiny)
+        server.start()
+        yield the_node
+    finally:
+        leaked = server.shut_down()
+        netns.remove(name)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        assert not leaked, f"the tests left VMs behind: {leaked}"
+    assert host_links() == links_before, "something touched the machine's own namespace"
+    assert qmprt_namespaces() == namespaces_before, "a pod namespace was left behind"
+
+
+def image_dhcp_variant(server: ServerProcess, tiny: TinyGuest) -> None:
+    """The tiny guest booted directly with ``qmprt.network=dhcp``: it ignores network-config, as some
+    images do, and asks DHCP instead."""
+    cmdline = " ".join((*tiny.cmdline("q35"), "qmprt.network=dhcp"))
+    subprocess.run(
+        [
+            sys.executable, "-m", "qmprt.cli", "ctl", "--config", str(server.config), "image", "import", str(tiny.disk),
+            "--name", DHCP_IMAGE, "--kernel", str(tiny.kernel), "--initrd", str(tiny.initrd), "--cmdline", cmdline,
+        ],
+        cwd=ROOT, check=True, capture_output=True, timeout=120,
+    )
+
+
+# -- a kubelet-like client ----------------------------------------------------------------------------
+
+
+@dataclass
+class Pod:
+    name: str
+    sandbox_id: str
+    container_id: str
+    log_path: Path
+    ips: list[str]
+
+
+class Kubelet:
+    def __init__(self, node: Node, log_root: Path) -> None:
+        self.node = node
+        self.channel = grpc.insecure_channel(node.server.address)
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
+        self.images = api_pb2_grpc.ImageServiceStub(self.channel)
+        self.log_root = log_root
+        self.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=IMAGE_NAME)), timeout=120)
+
+    def reconnect(self) -> None:
+        self.channel.close()
+        self.channel = grpc.insecure_channel(self.node.server.address)
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
+        self.images = api_pb2_grpc.ImageServiceStub(self.channel)
+
+    def run_pod(
+        self, name: str, mode: str, *, image: str = IMAGE_NAME, host_port: int = 0, annotations: dict[str, str] | None = None
+    ) -> Pod:
+        log_dir = self.log_root / name
+        (log_dir / "vm").mkdir(parents=True, exist_ok=True)
+        config = cri.PodSandboxConfig(
+            metadata=cri.PodSandboxMetadata(name=name, uid=secrets.token_hex(8), namespace="default"),
+            hostname=name,
+            log_directory=str(log_dir),
+            annotations={"qmprt.io/network-wiring": mode, **(annotations or {})},
+            port_mappings=[cri.PortMapping(protocol=cri.TCP, container_port=GUEST_PORT, host_port=host_port)] if host_port else [],
+        )
+        sandbox_id = self.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config), timeout=120).pod_sandbox_id
+        status = self.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), timeout=10).status
+        ips = [status.network.ip, *(extra.ip for extra in status.network.additional_ips)]
+        command = (
+            f"mkdir -p /www && echo hello from {name} > /www/index.html && httpd -p {GUEST_PORT} -h /www && echo httpd-up"
+        )
+        container_id = self.runtime.CreateContainer(
+            cri.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id,
+                config=cri.ContainerConfig(
+                    metadata=cri.ContainerMetadata(name="vm"), image=cri.ImageSpec(image=image),
+                    command=["/bin/sh", "-c", command], log_path="vm/0.log",
+                ),
+                sandbox_config=config,
+            ),
+            timeout=120,
+        ).container_id
+        self.runtime.StartContainer(cri.StartContainerRequest(container_id=container_id), timeout=120)
+        return Pod(name, sandbox_id, container_id, log_dir / "vm" / "0.log", ips)
+
+    def wait_ready(self, pod: Pod, text: str = "httpd-up") -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            if pod.log_path.exists() and text in pod.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        content = pod.log_path.read_text(errors="replace")[-3000:] if pod.log_path.exists() else "(no log)"
+        raise AssertionError(f"{pod.name}: {text!r} not in the log after {BOOT_TIMEOUT} s:\n{content}")
+
+    def exec(self, pod: Pod, *argv: str, timeout: int = 30) -> cri.ExecSyncResponse:
+        return self.runtime.ExecSync(cri.ExecSyncRequest(container_id=pod.container_id, cmd=list(argv), timeout=timeout), timeout=timeout + 10)
+
+    def remove(self, pod: Pod) -> None:
+        self.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod.sandbox_id), timeout=120)
+        self.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod.sandbox_id), timeout=120)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def kubelet(node: Node, tmp_path: Path) -> Iterator[Kubelet]:
+    client = Kubelet(node, tmp_path / "logs")
+    yield client
+    client.close()
+
+
+def guest_addresses(kubelet: Kubelet, pod: Pod) -> str:
+    """The guest's addresses as its agent reports them (QGA guest-exec of ``ip addr``)."""
+    shown = kubelet.exec(pod, "ip", "-o", "addr", "show", "dev", "eth0")
+    assert shown.exit_code == 0, shown.stderr
+    return shown.stdout.decode()
+
+
+def pods_gone(node: Node, links_before: list[str]) -> None:
+    assert node.links() == links_before, "a veth or bridge port was left in the node"
+    assert node.allocations() == [], "an IPAM allocation was left behind"
+    assert not list((node.server.state_dir / "cni").rglob("*.json")), "a CNI cache entry was left behind"
+
+
+# -- the tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+def test_two_vm_pods_on_the_cluster_network(node: Node, kubelet: Kubelet, layout: str, mode: str) -> None:
+    node.write_config(LAYOUTS[layout](node))
+    links_before = node.links()
+    first = kubelet.run_pod(f"{layout[:3]}-{SHORT[mode]}-a", mode, host_port=HOST_PORT if layout == "flannel" else 0)
+    second = kubelet.run_pod(f"{layout[:3]}-{SHORT[mode]}-b", mode)
+    try:
+        kubelet.wait_ready(first)
+        kubelet.wait_ready(second)
+        for pod in (first, second):
+            v4 = pod.ips[0]
+            assert v4.startswith("10.98."), pod.ips
+            # The guest holds the pod IP (read through the guest agent), the node reaches it.
+            assert f"inet {v4}/" in guest_addresses(kubelet, pod)
+            node.run("busybox", "ping", "-c", "1", "-W", "3", v4)
+            assert f"hello from {pod.name}" in node.http_get(v4)
+            if layout == "calico":
+                (v6,) = pod.ips[1:]
+                assert v6.startswith("fd98:2:") and f"inet6 {v6}/" in guest_addresses(kubelet, pod)
+                node.run("busybox", "ping6", "-c", "1", "-W", "3", v6)
+                assert f"hello from {pod.name}" in node.http_get(v6)
+        # Pod to pod, by pod IP, from inside the guest.
+        # (busybox nc: Debian's static busybox wget crashes.)
+        reply = kubelet.exec(
+            first, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {second.ips[0]} {GUEST_PORT}"
+        )
+        assert f"hello from {second.name}" in reply.stdout.decode(), reply.stderr
+        assert kubelet.exec(second, "ping", "-c", "1", "-W", "3", first.ips[0]).exit_code == 0
+        if layout == "flannel":
+            # The MTU the plugin gave the veth is the guest's too.
+            assert "mtu 1450" in kubelet.exec(first, "ip", "link", "show", "eth0").stdout.decode()
+            # hostPort: the node's own address, port HOST_PORT, DNATed by portmap to the guest's port.
+            assert f"hello from {first.name}" in node.http_get("10.98.255.1", HOST_PORT)
+    finally:
+        kubelet.remove(first)
+        kubelet.remove(second)
+    pods_gone(node, links_before)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+def test_a_guest_that_ignores_network_config_gets_its_lease_by_dhcp(node: Node, kubelet: Kubelet, mode: str) -> None:
+    node.write_config(flannel_like(node))
+    links_before = node.links()
+    pod = kubelet.run_pod(f"dhcp-{SHORT[mode]}", mode, image=DHCP_IMAGE, annotations={"qmprt.io/boot": "direct"})
+    try:
+        kubelet.wait_ready(pod)
+        log_text = pod.log_path.read_text(errors="replace")
+        assert f"qmprt-init: dhcp eth0 {pod.ips[0]}/24" in log_text, log_text[-2000:]
+        assert f"inet {pod.ips[0]}/24" in guest_addresses(kubelet, pod)
+        routes = kubelet.exec(pod, "ip", "route").stdout.decode()
+        assert "default via 10.98.1.1" in routes, routes
+        node.run("busybox", "ping", "-c", "1", "-W", "3", pod.ips[0])
+        assert f"hello from {pod.name}" in node.http_get(pod.ips[0])
+    finally:
+        kubelet.remove(pod)
+    pods_gone(node, links_before)
+
+
+def test_a_failing_plugin_fails_the_sandbox_and_leaves_nothing(node: Node, kubelet: Kubelet) -> None:
+    failing = node.bin_dir / "qmprt-test-fail"
+    failing.write_text(
+        "#!/bin/sh\n"
+        'if [ "$CNI_COMMAND" = ADD ]; then\n'
+        '  echo \'{"cniVersion": "1.0.0", "code": 11, "msg": "test plugin refuses", "details": "on purpose"}\'\n'
+        "  exit 1\n"
+        "fi\n"
+        'echo \'{"cniVersion": "1.0.0"}\'\n'
+    )
+    failing.chmod(0o755)
+    config = flannel_like(node)
+    config["plugins"].append({"type": "qmprt-test-fail"})
+    node.write_config(config)
+    links_before = node.links()
+    namespaces_before = qmprt_namespaces()
+    with pytest.raises(grpc.RpcError) as caught:
+        kubelet.run_pod("failing", "tc-redirect")
+    assert "test plugin refuses" in str(caught.value.details())
+    assert not kubelet.runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=10).items
+    assert qmprt_namespaces() == namespaces_before
+    pods_gone(node, links_before)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+def test_connectivity_survives_a_killed_server(node: Node, kubelet: Kubelet, mode: str) -> None:
+    node.write_config(flannel_like(node))
+    links_before = node.links()
+    pod = kubelet.run_pod(f"restart-{SHORT[mode]}", mode)
+    try:
+        kubelet.wait_ready(pod)
+        node.run("busybox", "ping", "-c", "1", "-W", "3", pod.ips[0])
+        assert node.server.process is not None
+        node.server.process.kill()
+        node.server.process.wait(30)
+        node.server.process = None
+        node.server.start()
+        kubelet.reconnect()
+        # The VM kept its NIC and the node still reaches it.
+        node.run("busybox", "ping", "-c", "1", "-W", "3", pod.ips[0])
+        assert f"hello from {pod.name}" in node.http_get(pod.ips[0])
+        # The restarted server's DHCP responder answers the guest again.
+        renewed = kubelet.exec(pod, "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3", "-T", "1", "-s", "/bin/true")
+        assert renewed.exit_code == 0, renewed.stdout.decode() + renewed.stderr.decode()
+        status = kubelet.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod.sandbox_id), timeout=10)
+        assert status.status.network.ip == pod.ips[0]
+    finally:
+        kubelet.remove(pod)
+    pods_gone(node, links_before)
