@@ -284,8 +284,14 @@ class PodNetworks:
             responder.close()
 
     async def readopt(self, sandbox_id: str, sandbox: SandboxSpec, network: PodNetwork) -> list[str]:
-        """After a restart: check the wiring and bring the DHCP responders back. Returns problems."""
+        """After a restart: check the wiring and (CNI CHECK) the attachments, and bring the DHCP
+        responders back. Returns the problems found; they are logged, and the pod keeps running."""
         problems = await asyncio.to_thread(wiring.verify, network.netns_path, network.links)
+        for attachment in network.attachments:
+            try:
+                await self.cni.check(sandbox_id, attachment.ifname)  # skipped where the config disables it
+            except QmprtError as err:
+                problems.append(f"CNI CHECK of {attachment.network} ({attachment.ifname}): {err}")
         for problem in problems:
             log.warning("sandbox %s: network wiring: %s", sandbox_id[:12], problem)
         await self.start_responders(sandbox_id, sandbox, network)

@@ -54,11 +54,9 @@ def host_links() -> list[str]:
     return sorted(line.split(":")[1].strip() for line in shown.stdout.splitlines())
 
 
-def qmprt_namespaces() -> set[str]:
-    """Pod namespaces (tests' own are named qmprt-t…)."""
-    if not netns.NETNS_DIR.is_dir():
-        return set()
-    return {entry.name for entry in netns.NETNS_DIR.iterdir() if entry.name.startswith("qmprt-") and not entry.name.startswith("qmprt-t")}
+def pod_namespaces(sandbox_ids: list[str]) -> list[str]:
+    """Those of the pods' namespaces that still exist."""
+    return [netns.netns_name(sandbox_id) for sandbox_id in sandbox_ids if netns.exists(netns.netns_name(sandbox_id))]
 
 
 @dataclass
@@ -68,6 +66,7 @@ class Node:
     ipam_dir: Path
     server: ServerProcess
     bin_dir: Path
+    sandbox_ids: list[str]
 
     def run(self, *argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout)
@@ -75,11 +74,13 @@ class Node:
             raise AssertionError(f"{' '.join(argv)} in the node: {result.returncode}\n{result.stdout}{result.stderr}")
         return result
 
-    def write_config(self, document: dict[str, Any]) -> None:
+    def write_config(self, *documents: dict[str, Any]) -> None:
+        """The node's CNI networks, in order (the server uses up to two: eth0, eth1)."""
         for old in self.server.cni_dir.iterdir():
             old.unlink()
-        suffix = ".conflist" if "plugins" in document else ".conf"
-        (self.server.cni_dir / f"10-test{suffix}").write_text(json.dumps(document))
+        for index, document in enumerate(documents):
+            suffix = ".conflist" if "plugins" in document else ".conf"
+            (self.server.cni_dir / f"{10 + index}-test{suffix}").write_text(json.dumps(document))
 
     def allocations(self) -> list[str]:
         return sorted(
@@ -168,7 +169,6 @@ LAYOUTS = {"flannel": flannel_like, "calico": calico_like, "macvlan": macvlan}
 @pytest.fixture(scope="module")
 def node(tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     links_before = host_links()
-    namespaces_before = qmprt_namespaces()
     name = f"qmprt-tn{secrets.token_hex(4)}"
     path = netns.create(name)
     directory = tmp_path_factory.mktemp("podnet")
@@ -179,10 +179,10 @@ def node(tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory:
     bin_dir.mkdir()
     server = ServerProcess(
         directory, socket_dir, tiny, f"{TEST_CGROUP_ROOT}/net", IMAGE_NAME,
-        cni_settings=f'bin_dirs = ["{bin_dir}", "{BIN_DIR}"]\nplugin_timeout_seconds = 20',
+        cni_settings=f'bin_dirs = ["{bin_dir}", "{BIN_DIR}"]\nplugin_timeout_seconds = 20\nmax_networks = 2',
         exec_prefix=["nsenter", f"--net={path}", "--"],
     )
-    the_node = Node(name, path, ipam_dir, server, bin_dir)
+    the_node = Node(name, path, ipam_dir, server, bin_dir, [])
     try:
         for argv in (
             ["ip", "link", "set", "lo", "up"],
@@ -211,7 +211,7 @@ def node(tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory:
         shutil.rmtree(socket_dir, ignore_errors=True)
         assert not leaked, f"the tests left VMs behind: {leaked}"
     assert host_links() == links_before, "something touched the machine's own namespace"
-    assert qmprt_namespaces() == namespaces_before, "a pod namespace was left behind"
+    assert not pod_namespaces(the_node.sandbox_ids), "a pod namespace was left behind"
 
 
 def image_dhcp_variant(server: ServerProcess, tiny: TinyGuest) -> None:
@@ -267,6 +267,7 @@ class Kubelet:
             port_mappings=[cri.PortMapping(protocol=cri.TCP, container_port=GUEST_PORT, host_port=host_port)] if host_port else [],
         )
         sandbox_id = self.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config), timeout=120).pod_sandbox_id
+        self.node.sandbox_ids.append(sandbox_id)
         status = self.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), timeout=10).status
         ips = [status.network.ip, *(extra.ip for extra in status.network.additional_ips)]
         command = (
@@ -322,6 +323,7 @@ def guest_addresses(kubelet: Kubelet, pod: Pod) -> str:
 
 def pods_gone(node: Node, links_before: list[str]) -> None:
     assert node.links() == links_before, "a veth or bridge port was left in the node"
+    assert not pod_namespaces(node.sandbox_ids), "a pod namespace was left behind"
     assert node.allocations() == [], "an IPAM allocation was left behind"
     assert not list((node.server.state_dir / "cni").rglob("*.json")), "a CNI cache entry was left behind"
 
@@ -388,6 +390,25 @@ def test_a_guest_that_ignores_network_config_gets_its_lease_by_dhcp(node: Node, 
     pods_gone(node, links_before)
 
 
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+def test_two_networks_are_two_guest_nics_in_order(node: Node, kubelet: Kubelet, mode: str) -> None:
+    node.write_config(flannel_like(node), macvlan(node))
+    links_before = node.links()
+    pod = kubelet.run_pod(f"multi-{SHORT[mode]}", mode)
+    try:
+        kubelet.wait_ready(pod)
+        first, second = pod.ips
+        assert first.startswith("10.98.1.") and second.startswith("10.98.3."), pod.ips
+        assert f"inet {first}/24" in guest_addresses(kubelet, pod)
+        shown = kubelet.exec(pod, "ip", "-o", "addr", "show", "dev", "eth1")
+        assert f"inet {second}/24" in shown.stdout.decode(), shown.stdout.decode() + shown.stderr.decode()
+        for address in (first, second):  # through the bridge, and through the macvlan shim
+            assert f"hello from {pod.name}" in node.http_get(address)
+    finally:
+        kubelet.remove(pod)
+    pods_gone(node, links_before)
+
+
 def test_a_failing_plugin_fails_the_sandbox_and_leaves_nothing(node: Node, kubelet: Kubelet) -> None:
     failing = node.bin_dir / "qmprt-test-fail"
     failing.write_text(
@@ -403,12 +424,21 @@ def test_a_failing_plugin_fails_the_sandbox_and_leaves_nothing(node: Node, kubel
     config["plugins"].append({"type": "qmprt-test-fail"})
     node.write_config(config)
     links_before = node.links()
-    namespaces_before = qmprt_namespaces()
+    namespaces_before = set(netns.NETNS_DIR.iterdir())
     with pytest.raises(grpc.RpcError) as caught:
         kubelet.run_pod("failing", "tc-redirect")
     assert "test plugin refuses" in str(caught.value.details())
     assert not kubelet.runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=10).items
-    assert qmprt_namespaces() == namespaces_before
+    # The failed sandbox's id was never returned, so look for any new namespace, and any state.
+    assert set(netns.NETNS_DIR.iterdir()) == namespaces_before
+    assert not list((node.server.state_dir / "pods").iterdir())
+    pods_gone(node, links_before)
+    # A wiring mode qmprt does not know is refused before anything is made.
+    node.write_config(flannel_like(node))
+    with pytest.raises(grpc.RpcError) as caught:
+        kubelet.run_pod("unknown-wiring", "vhost-user")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "qmprt.io/network-wiring" in str(caught.value.details())
     pods_gone(node, links_before)
 
 
