@@ -21,6 +21,9 @@ Then parallel start and density: --density counts of VM pods started at once thr
 the guest RAM it touched, and the p50/p99 of kubelet's relist (ListPodSandbox + ListContainers + one
 ContainerStatus per container) over --relists rounds.
 
+Then the pod network (see network.py): start cost without network and in each wiring mode on a private
+node namespace, when the guest answers a ping, and node -> guest TCP throughput.
+
 A path that cannot run here is reported with its exact error instead of a number. Every service the
 benchmark starts listens on a unix socket in a temp dir (containerd's streaming server on 127.0.0.1)
 and is stopped by PID; processes, mounts, network namespaces, cgroups and directories are removed
@@ -61,6 +64,8 @@ from cri import (
 from engine import guest_ram_rss, one_boot, remove_cgroup_root
 from floor import Floor
 from libvirt import Libvirt
+from network import measure as measure_network
+from network import table_lines as network_table_lines
 
 from qmprt import cgroups
 from qmprt.cloudinit import SeedSpec, write_nocloud_iso
@@ -263,6 +268,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"bench: density {count}: {error_text(err)}", flush=True)
                 with contextlib.suppress(Exception):
                     qmprt.client.remove_all()
+    if "network" in args.skip:
+        report["errors"]["network"] = "skipped (--skip)"
+    else:
+        print("bench: pod network", flush=True)
+        try:
+            report["network"] = measure_network(args.pods, args.transfer_mib)
+        except Exception as err:  # noqa: BLE001
+            report["errors"]["network"] = error_text(err)
+            print(f"bench: network: {error_text(err)}", flush=True)
     report["ratios"] = ratios(report["start"])
     report["load_average_end"] = list(os.getloadavg())
     report["wall_s"] = time.monotonic() - began
@@ -353,6 +367,8 @@ def table(report: dict[str, Any]) -> str:
             ("pods", "all ready s", "per pod s", "serve RSS MiB", "QEMU RSS MiB", "overhead MiB", "max", "relist p50 ms", "p99 ms"), drows
         ))
         lines.append("  overhead = a QEMU's RSS minus the guest RAM it touched (smaps of the guest-RAM mapping); median and max over the VMs")
+    if report.get("network"):
+        lines += ["", *network_table_lines(report["network"])]
     if errors:
         lines += ["", "Not measured:"]
         lines += [f"  {name}: {text}" for name, text in errors.items()]
@@ -369,7 +385,8 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=10, help="runs of each start path (default 10)")
     parser.add_argument("--density", default="1,5,10,20", help="VM pod counts started at once (default 1,5,10,20)")
     parser.add_argument("--relists", type=int, default=200, help="relist rounds per density step (default 200)")
-    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd")
+    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd, network")
+    parser.add_argument("--transfer-mib", type=int, default=64, help="MiB per node -> guest TCP transfer (default 64)")
     parser.add_argument("--json", help="where to write the figures (default bench-results/bench-<date>.json)")
     args = parser.parse_args()
     args.density = [int(count) for count in args.density.split(",") if count]

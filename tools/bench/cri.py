@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ class PodTemplate:
     namespace_options: bool = False  # containerd wants linux.security_context.namespace_options set
     cgroup_parent: str = ""
     annotations: tuple[tuple[str, str], ...] = ()
+    sandbox_annotations: tuple[tuple[str, str], ...] = ()  # the pod's own (qmprt.io/network-wiring)
 
 
 VM_POD = PodTemplate()
@@ -102,6 +103,7 @@ class Client:
             hostname=f"bench-{index}",
             log_directory=str(log_dir),
             linux=linux,
+            annotations=dict(template.sandbox_annotations),
         )
         container_config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name="main"),
@@ -181,8 +183,11 @@ class QmprtUnderTest:
 
 
 @contextlib.contextmanager
-def qmprt_server(log_level: str = "warning") -> Iterator[QmprtUnderTest]:
+def qmprt_server(log_level: str = "warning", cni_settings: str = "", exec_prefix: Sequence[str] = ()) -> Iterator[QmprtUnderTest]:
     """A private ``qmprt serve`` (temp state, unix socket, own cgroup root) with the tiny guest pulled.
+
+    ``cni_settings`` and ``exec_prefix`` go to ``ServerProcess`` (network.py runs the server inside a
+    node network namespace with ``nsenter``); the CNI config directory is ``server.cni_dir``, empty.
 
     On the way out every pod is removed, the server stopped by PID, any QEMU it left killed, and the
     state, socket directory and cgroup root deleted, whatever happened inside.
@@ -191,7 +196,9 @@ def qmprt_server(log_level: str = "warning") -> Iterator[QmprtUnderTest]:
     work = Path(tempfile.mkdtemp(prefix="qmprt-bench-cri-"))
     socket_dir = Path(tempfile.mkdtemp(prefix="qbc-", dir="/tmp"))
     cgroup_root = f"qmprt-bench-{os.getpid()}"
-    server = ServerProcess(work, socket_dir, guest, cgroup_root, IMAGE, log_level=log_level)
+    server = ServerProcess(
+        work, socket_dir, guest, cgroup_root, IMAGE, log_level=log_level, cni_settings=cni_settings, exec_prefix=exec_prefix
+    )
     client: Client | None = None
     try:
         server.start()
