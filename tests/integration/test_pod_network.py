@@ -371,18 +371,25 @@ def test_two_vm_pods_on_the_cluster_network(node: Node, kubelet: Kubelet, layout
     pods_gone(node, links_before)
 
 
-@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
-def test_a_guest_that_ignores_network_config_gets_its_lease_by_dhcp(node: Node, kubelet: Kubelet, mode: str) -> None:
-    node.write_config(flannel_like(node))
+# (layout, mode, the prefix the lease gives, the gateway): a routed (ptp) pod gets a /32 lease whose
+# routes (option 121) reach the gateway on-link, as the plugin laid out the pod's namespace.
+DHCP_CASES = [("flannel", "tc-redirect", 24, "10.98.1.1"), ("flannel", "macvtap", 24, "10.98.1.1"), ("calico", "tc-redirect", 32, "10.98.2.1")]
+
+
+@pytest.mark.parametrize(("layout", "mode", "prefix", "gateway"), DHCP_CASES, ids=[f"{c[0]}-{c[1]}" for c in DHCP_CASES])
+def test_a_guest_that_ignores_network_config_gets_its_lease_by_dhcp(
+    node: Node, kubelet: Kubelet, layout: str, mode: str, prefix: int, gateway: str
+) -> None:
+    node.write_config(LAYOUTS[layout](node))
     links_before = node.links()
-    pod = kubelet.run_pod(f"dhcp-{SHORT[mode]}", mode, image=DHCP_IMAGE, annotations={"qmprt.io/boot": "direct"})
+    pod = kubelet.run_pod(f"dhcp-{layout[:3]}-{SHORT[mode]}", mode, image=DHCP_IMAGE, annotations={"qmprt.io/boot": "direct"})
     try:
         kubelet.wait_ready(pod)
         log_text = pod.log_path.read_text(errors="replace")
-        assert f"qmprt-init: dhcp eth0 {pod.ips[0]}/24" in log_text, log_text[-2000:]
-        assert f"inet {pod.ips[0]}/24" in guest_addresses(kubelet, pod)
+        assert f"qmprt-init: dhcp eth0 {pod.ips[0]}/{prefix}" in log_text, log_text[-2000:]
+        assert f"inet {pod.ips[0]}/{prefix}" in guest_addresses(kubelet, pod)
         routes = kubelet.exec(pod, "ip", "route").stdout.decode()
-        assert "default via 10.98.1.1" in routes, routes
+        assert f"default via {gateway}" in routes, routes
         node.run("busybox", "ping", "-c", "1", "-W", "3", pod.ips[0])
         assert f"hello from {pod.name}" in node.http_get(pod.ips[0])
     finally:
