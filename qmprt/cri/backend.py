@@ -9,7 +9,7 @@ image store is reached through its own Protocol, ``qmprt.image.Images``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from qmprt.config import Config
 from qmprt.image import Images
@@ -49,6 +49,8 @@ class RuntimeBackend(Protocol):
     async def remove_sandbox(self, sandbox_id: str) -> None: ...
 
     def sandbox(self, sandbox_id: str) -> SandboxInfo: ...
+
+    def sandbox_network(self, sandbox_id: str) -> dict[str, Any] | None: ...
 
     def list_sandboxes(
         self, *, id: str = "", state: SandboxState | None = None, labels: Mapping[str, str] = ...

@@ -50,7 +50,10 @@ class SandboxHandlers(Handlers):
         verbose = {}
         if request.verbose:
             verbose = convert.verbose_info(
-                {"id": info.id, "spec": info.spec, "status": info.status.to_json()}
+                {
+                    "id": info.id, "spec": info.spec, "status": info.status.to_json(),
+                    "network": self.runtime.sandbox_network(info.id),
+                }
             )
         return cri.PodSandboxStatusResponse(
             status=convert.pod_sandbox_status(info), info=verbose, timestamp=time.time_ns()

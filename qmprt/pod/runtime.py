@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qmprt import cgroups, state
 from qmprt.config import Config
@@ -201,6 +201,11 @@ class Runtime:
 
     def sandbox(self, sandbox_id: str) -> SandboxInfo:
         return _lookup(self.sandboxes, sandbox_id, "sandbox").info()
+
+    def sandbox_network(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The pod's network record (CNI results, wiring) for verbose status; None without one."""
+        network = _lookup(self.sandboxes, sandbox_id, "sandbox").network
+        return network.to_json() if network is not None else None
 
     def list_sandboxes(
         self, *, id: str = "", state: SandboxState | None = None, labels: Mapping[str, str] | None = None

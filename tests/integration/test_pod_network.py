@@ -487,8 +487,12 @@ def test_connectivity_survives_a_killed_server(node: Node, kubelet: Kubelet, mod
         # The restarted server's DHCP responder answers the guest again.
         renewed = kubelet.exec(pod, "udhcpc", "-i", "eth0", "-n", "-q", "-t", "3", "-T", "1", "-s", "/bin/true")
         assert renewed.exit_code == 0, renewed.stdout.decode() + renewed.stderr.decode()
-        status = kubelet.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod.sandbox_id), timeout=10)
+        status = kubelet.runtime.PodSandboxStatus(
+            cri.PodSandboxStatusRequest(pod_sandbox_id=pod.sandbox_id, verbose=True), timeout=10
+        )
         assert status.status.network.ip == pod.ips[0]
+        network = json.loads(status.info["info"])["network"]  # the record the restarted server read back
+        assert network["wiring"] == mode and [link["ifname"] for link in network["links"]] == ["eth0"]
     finally:
         kubelet.remove(pod)
     pods_gone(node, links_before)

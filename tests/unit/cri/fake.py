@@ -172,6 +172,10 @@ class FakeRuntime:
         info: SandboxInfo = self._lookup(self.sandboxes, sandbox_id, "sandbox")
         return info
 
+    def sandbox_network(self, sandbox_id: str) -> dict[str, Any] | None:
+        self._lookup(self.sandboxes, sandbox_id, "sandbox")
+        return None
+
     def list_sandboxes(
         self, *, id: str = "", state: SandboxState | None = None, labels: Mapping[str, str] | None = None
     ) -> list[SandboxInfo]:
