@@ -91,3 +91,83 @@ def test_a_record_of_another_version_is_refused() -> None:
 
     with pytest.raises(InternalError, match="version"):
         PodNetwork.from_json({"version": 99})
+
+
+# -- setup and teardown order, with a fake CNI and fake wiring (the real twins are in
+# tests/integration/test_pod_network.py) ---------------------------------------------------------------
+
+
+class FakeCNI:
+    def __init__(self, networks: int) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.count = networks
+
+    def ready(self) -> bool:
+        return True
+
+    def networks(self, limit: int) -> list[object]:
+        from qmprt.net.cni import parse_config
+
+        return [
+            parse_config({"cniVersion": "1.0.0", "name": f"net{i}", "plugins": [{"type": "bridge"}]})
+            for i in range(min(limit, self.count))
+        ]
+
+    async def add(self, container_id: str, netns_path: str, ifname: str, k8s: object, mappings: object, network: object) -> object:
+        self.calls.append(("ADD", ifname))
+        result = dict(RESULT)
+        result["interfaces"] = [{"name": ifname, "mac": "0a:58:0a:62:01:05", "sandbox": netns_path}]
+        result["ips"] = [{"address": "10.98.1.5/24", "interface": 0}]
+        return parse_result(result)
+
+    async def delete(self, container_id: str, netns_path: str, ifname: str) -> None:
+        self.calls.append(("DEL", ifname))
+
+
+def networks_with(fake: FakeCNI, tmp_path: object) -> object:
+    from pathlib import Path
+
+    from qmprt.config import CNIConfig
+    from qmprt.pod.network import PodNetworks
+
+    base = Path(str(tmp_path))
+    networks = PodNetworks(CNIConfig(max_networks=2), base / "cache", base / "scratch")
+    networks.cni = fake  # type: ignore[assignment]
+    return networks
+
+
+async def test_a_wiring_failure_undoes_every_add_in_reverse(tmp_path, monkeypatch) -> None:
+    from qmprt.errors import FailedPrecondition
+    from qmprt.net import wiring
+
+    def refuse(netns_path: str, ifnames: list[str], mode: str) -> tuple[Link, ...]:
+        raise FailedPrecondition("eth1 is not an Ethernet interface")
+
+    monkeypatch.setattr(wiring, "wire", refuse)
+    fake = FakeCNI(networks=2)
+    networks = networks_with(fake, tmp_path)
+    with pytest.raises(FailedPrecondition, match="Ethernet"):
+        await networks.setup("a" * 64, sandbox(), tmp_path, "/var/run/netns/x", "tc-redirect")  # type: ignore[attr-defined]
+    assert fake.calls == [("ADD", "eth0"), ("ADD", "eth1"), ("DEL", "eth1"), ("DEL", "eth0")]
+    assert not (tmp_path / "network.json").exists()
+
+
+async def test_teardown_restores_then_deletes_and_forgets_the_record(tmp_path, monkeypatch) -> None:
+    from qmprt.net import wiring
+
+    undone: list[str] = []
+    monkeypatch.setattr(wiring, "wire", lambda path, ifnames, mode: tuple(
+        Link(index=i, ifname=name, mode="tc-redirect", mac=f"0a:58:0a:62:01:0{i}", mtu=1500, device=f"qmtap{i}",
+             dhcp_device=f"qmtap{i}", addresses=(), routes=()) for i, name in enumerate(ifnames)))
+    monkeypatch.setattr(wiring, "unwire", lambda path, links: undone.extend(link.device for link in links))
+    fake = FakeCNI(networks=2)
+    networks = networks_with(fake, tmp_path)
+    record = await networks.setup("b" * 64, sandbox(), tmp_path, "/var/run/netns/y", "tc-redirect")  # type: ignore[attr-defined]
+    assert [link.ifname for link in record.links] == ["eth0", "eth1"]
+    assert PodNetwork.load(tmp_path) == record
+    await networks.teardown("b" * 64, tmp_path, "/var/run/netns/y")  # type: ignore[attr-defined]
+    assert undone == ["qmtap0", "qmtap1"]
+    assert fake.calls[-2:] == [("DEL", "eth1"), ("DEL", "eth0")]
+    assert PodNetwork.load(tmp_path) is None
+    await networks.teardown("b" * 64, tmp_path, "/var/run/netns/y")  # type: ignore[attr-defined]  # repeatable
+    assert len(fake.calls) == 4
