@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: a VM pod started through qmprt's CRI socket, end to end, then torn down.
-# Starts `qmprt serve` on a temporary state root, pulls the tiny guest by name (a translation rule
-# maps the name to the image file), runs it as a pod, shows status and console log, runs `uname -r`
-# in it through the guest agent, stops and removes everything.
+# Starts `qmprt serve` on a temporary state root inside a private "node" network namespace with a
+# bridge + host-local CNI network (nothing touches the machine's own network), pulls the tiny guest by
+# name (a translation rule maps the name to the image file), runs it as a pod, shows status, pod IP
+# and console log, pings the guest from the node, runs `uname -r` in it through the guest agent,
+# stops and removes everything.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -10,6 +12,7 @@ qmprt=$top/.venv/bin/qmprt
 tiny=$(readlink -f images/out/tiny)
 work=$(mktemp -d /tmp/qmprt-demo.XXXXXX)
 sock=$work/qmprt.sock
+node=qmprt-demo-$$
 server=
 pod=
 
@@ -23,6 +26,7 @@ cleanup() {
         kill -TERM "$server" 2>/dev/null
         wait "$server" 2>/dev/null
     fi
+    ip netns del "$node" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -33,6 +37,9 @@ state_dir = "$work/state"
 run_dir = "$work/run"
 socket = "$sock"
 
+[cni]
+conf_dir = "$work/net.d"
+
 [image]
 file_roots = ["$tiny"]
 
@@ -40,6 +47,15 @@ file_roots = ["$tiny"]
 name = "qmprt.local/tiny:latest"
 url = "file://$tiny/tiny.qcow2"
 TOML
+
+# The pod network, as Flannel lays it out: a bridge on the node, host-local addresses.
+mkdir -p "$work/net.d"
+cat > "$work/net.d/10-demo.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "demo", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "dataDir": "$work/ipam", "ranges": [[{"subnet": "10.123.0.0/24"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}}]}
+JSON
 
 mkdir -p "$work/logs"
 cat > "$work/pod.json" <<JSON
@@ -52,8 +68,11 @@ cat > "$work/container.json" <<JSON
  "command": ["/bin/sh", "-c", "echo \"\$GREETING, I am \$(hostname)\""]}
 JSON
 
-step "qmprt serve (state in $work)"
-"$qmprt" serve --config "$work/qmprt.toml" > "$work/serve.log" 2>&1 &
+step "qmprt serve in the node namespace $node (state in $work)"
+ip netns add "$node"
+ip -n "$node" link set lo up
+# nsenter execs serve itself (no fork), so \$! is serve's pid.
+nsenter --net="/var/run/netns/$node" -- "$qmprt" serve --config "$work/qmprt.toml" > "$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || { cat "$work/serve.log"; exit 1; }
@@ -82,6 +101,13 @@ awk -v a="$started" -v b="$ready" 'BEGIN { printf "runp+create+start to ready (p
 sleep 0.5
 ctl logs "$container" | tail -n 5
 
+step "the pod's IP: held by the guest, reached from the node"
+ip=$(ctl inspectp "$pod" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)
+[ -n "$ip" ] || { echo "the pod has no IP"; ctl inspectp "$pod"; exit 1; }
+echo "pod IP: $ip"
+ctl exec "$container" ip -4 -o addr show dev eth0
+ip netns exec "$node" busybox ping -c 2 -W 3 "$ip"
+
 step "exec: uname -r and the pod's hostname, through the guest agent"
 ctl exec "$container" uname -r
 ctl exec "$container" cat /etc/hostname
@@ -94,4 +120,4 @@ ctl rmp "$pod"
 pod=
 ctl pods
 echo
-echo "demo done: the VM pod booted, answered exec, and was removed"
+echo "demo done: the VM pod booted on its CNI network, answered ping and exec, and was removed"
