@@ -11,8 +11,9 @@ Assumptions and choices:
   wired to the CNI interface by a tc ingress mirred redirect, a frame the guest sends is redirected
   before protocol-specific packet sockets see it (they run after tc ingress; ``ETH_P_ALL`` ones before).
   A classic BPF filter, attached before ``bind`` so nothing unfiltered queues up, keeps everything
-  but IPv4 UDP to port 67 that was not sent by this host in the kernel. The guest's requests still
-  leave through the redirect too; they are harmless on the pod network.
+  but IPv4 UDP to port 67 that was not sent by this host in the kernel. With tc-redirect wiring the
+  guest's requests go no further: a filter on the tap's ingress drops them after packet sockets saw
+  them (:mod:`qmprt.net.wiring_tc`); with macvtap wiring they also reach the pod network, harmlessly.
 - Frames this host sent (``PACKET_OUTGOING``) are never answered. So for macvtap wiring the responder
   belongs on a bridge-mode macvlan sibling of the macvtap, not on the macvtap itself: the guest's
   frames are outgoing on the macvtap, but arrive on a sibling, and a reply sent there reaches the guest.
