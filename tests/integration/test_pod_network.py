@@ -536,3 +536,17 @@ def test_a_cloud_init_guest_takes_the_routed_dual_stack_pod_network(node: Node, 
     finally:
         kubelet.remove(pod)
     pods_gone(node, links_before)
+
+
+def test_network_ready_follows_the_cni_config_directory(node: Node, kubelet: Kubelet) -> None:
+    def network_condition() -> cri.RuntimeCondition:
+        status = kubelet.runtime.Status(cri.StatusRequest(), timeout=10).status
+        (condition,) = [c for c in status.conditions if c.type == "NetworkReady"]
+        return condition
+
+    node.write_config()
+    condition = network_condition()
+    assert not condition.status and condition.reason == "NetworkPluginNotReady"
+    assert str(node.server.cni_dir) in condition.message
+    node.write_config(flannel_like(node))
+    assert network_condition().status
