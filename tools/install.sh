@@ -20,7 +20,7 @@ debs=(
   qemu-system-x86 qemu-utils qemu-guest-agent busybox-static
   containernetworking-plugins linux-image-cloud-amd64
   extlinux syslinux-common e2fsprogs cpio kmod lz4 xz-utils zstd
-  iproute2 python3-venv python3-pip openssl curl debootstrap
+  iproute2 procps util-linux python3-venv python3-pip openssl curl debootstrap
 )
 bench_debs=(libvirt-daemon-system libvirt-clients containerd runc)
 if $bench; then
