@@ -284,16 +284,21 @@ class PodNetworks:
             responder.close()
 
     async def readopt(self, sandbox_id: str, sandbox: SandboxSpec, network: PodNetwork) -> list[str]:
-        """After a restart: check the wiring and (CNI CHECK) the attachments, and bring the DHCP
-        responders back. Returns the problems found; they are logged, and the pod keeps running."""
+        """After a restart: check the wiring, CNI CHECK the attachments, bring the DHCP responders back.
+
+        Returns the wiring's problems (a tap, macvtap, qdisc or filter gone: the VM has lost its
+        network, and only a new sandbox gets it back). A failed CNI CHECK is only logged: plugins
+        disagree on CHECK (portmap fails it for IPv4-only pods, containernetworking/plugins#819), and
+        a pod must not be recreated for that.
+        """
         problems = await asyncio.to_thread(wiring.verify, network.netns_path, network.links)
+        for problem in problems:
+            log.warning("sandbox %s: network wiring: %s", sandbox_id[:12], problem)
         for attachment in network.attachments:
             try:
                 await self.cni.check(sandbox_id, attachment.ifname)  # skipped where the config disables it
             except QmprtError as err:
-                problems.append(f"CNI CHECK of {attachment.network} ({attachment.ifname}): {err}")
-        for problem in problems:
-            log.warning("sandbox %s: network wiring: %s", sandbox_id[:12], problem)
+                log.warning("sandbox %s: CNI CHECK of %s (%s): %s", sandbox_id[:12], attachment.network, attachment.ifname, err)
         await self.start_responders(sandbox_id, sandbox, network)
         return problems
 

@@ -12,7 +12,8 @@ Assumptions:
 - A sandbox's ``network.json`` is written before its metadata, so a complete sandbox has it when it
   has a network; a half-created one gets a CNI DEL from the CNI cache (IPAM is released) before its
   namespace goes, which takes its taps and qdiscs along. The wiring of a ready sandbox is checked
-  and its DHCP responders (which live in this process) are started again.
+  and its DHCP responders (which live in this process) are started again; a sandbox whose wiring is
+  broken is NOTREADY, so kubelet replaces it (its VM cannot get the lost tap back).
 - QEMU processes are identified by pid, start time and ``-name guest=<container id>``; a reused pid
   is never mistaken for a VM.
 """
@@ -61,7 +62,10 @@ async def recover(runtime: Runtime) -> None:
             log.warning("sandbox %s lost its network namespace: NOTREADY", sandbox.id[:12])
             sandbox.set_state(SandboxState.NOTREADY)
         elif sandbox.status.state == SandboxState.READY and sandbox.network is not None:
-            await runtime.networks.readopt(sandbox.id, sandbox.spec, sandbox.network)
+            if await runtime.networks.readopt(sandbox.id, sandbox.spec, sandbox.network):
+                # kubelet replaces a NOTREADY sandbox: the new one gets a working network.
+                log.warning("sandbox %s lost its network wiring: NOTREADY", sandbox.id[:12])
+                sandbox.set_state(SandboxState.NOTREADY)
         runtime.register_sandbox(sandbox)
         for container_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
             state.remove_stale_temp_files(container_dir)

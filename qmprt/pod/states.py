@@ -2,7 +2,7 @@
 
 Sandbox::
 
-    READY → NOTREADY          (StopPodSandbox, or its network namespace vanished)
+    READY → NOTREADY          (StopPodSandbox, or its network namespace or wiring vanished)
 
 Container::
 

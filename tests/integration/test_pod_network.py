@@ -550,3 +550,29 @@ def test_network_ready_follows_the_cni_config_directory(node: Node, kubelet: Kub
     assert str(node.server.cni_dir) in condition.message
     node.write_config(flannel_like(node))
     assert network_condition().status
+
+
+def test_a_sandbox_whose_wiring_vanished_while_qmprt_was_down_is_notready(node: Node, kubelet: Kubelet) -> None:
+    node.write_config(flannel_like(node))
+    links_before = node.links()
+    config = cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name="lost-tap", uid=secrets.token_hex(8), namespace="default"),
+        annotations={"qmprt.io/network-wiring": "tc-redirect"},
+    )
+    sandbox_id = kubelet.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config), timeout=120).pod_sandbox_id
+    node.sandbox_ids.append(sandbox_id)
+    pod_ns = netns.netns_name(sandbox_id)
+    assert node.server.process is not None
+    node.server.process.kill()
+    node.server.process.wait(30)
+    node.server.process = None
+    subprocess.run(["ip", "-n", pod_ns, "link", "del", "qmtap0"], check=True)  # an operator's mistake
+    node.server.start()
+    kubelet.reconnect()
+    status = kubelet.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), timeout=10)
+    assert status.status.state == cri.SANDBOX_NOTREADY
+    assert "lost its network wiring" in node.server.log.read_text()
+    # kubelet then stops and removes it: everything goes, the IP included.
+    kubelet.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)
+    kubelet.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)
+    pods_gone(node, links_before)
