@@ -265,10 +265,11 @@ class PodNetworks:
         """(Re)start the DHCP responders of a pod; a failure is logged (network-config still works)."""
         self.stop_responders(sandbox_id)
         hostname = sandbox.hostname or sandbox.metadata.name
+        dns = guest_dns(sandbox, network)
         responders = []
         for link in network.links:
             try:
-                lease = dhcp_lease(link, hostname, guest_dns(sandbox, network))
+                lease = dhcp_lease(link, hostname, dns)
                 if lease is None:
                     continue
                 responder = DHCPResponder(network.netns_path, link.dhcp_device, lease)
@@ -315,16 +316,17 @@ class PodNetworks:
             raise
         return fds
 
-    async def teardown(self, sandbox_id: str, sandbox_dir: Path, netns_path: str) -> None:
-        """Undo ``setup``: responders, wiring, CNI DEL in reverse. Repeatable; raises when DEL failed
-        (kubelet retries StopPodSandbox), keeping the record so the retry can finish."""
+    async def teardown(self, sandbox_id: str, sandbox_dir: Path, network: PodNetwork | None) -> None:
+        """Undo ``setup`` of ``network`` (the sandbox's record; None: nothing to undo): responders,
+        wiring, CNI DEL in reverse, then the record. Raises when DEL failed (kubelet retries
+        StopPodSandbox), keeping the record so the retry can finish."""
         self.stop_responders(sandbox_id)
-        network = PodNetwork.load(sandbox_dir)
         if network is None:
             return
         with best_effort(log, f"restoring the network namespace of sandbox {sandbox_id[:12]}"):
             await asyncio.to_thread(wiring.unwire, network.netns_path, network.links)
-        await self._delete(sandbox_id, netns_path, [a.ifname for a in reversed(network.attachments)], strict=True)
+        ifnames = [a.ifname for a in reversed(network.attachments)]
+        await self._delete(sandbox_id, network.netns_path, ifnames, strict=True)
         (sandbox_dir / NETWORK_FILE).unlink(missing_ok=True)
         state.fsync_dir(sandbox_dir)
 

@@ -181,8 +181,7 @@ class Runtime:
             undo.callback(netns.remove, netns_name)
             netns_path = await asyncio.to_thread(netns.create, netns_name)
             network = await self.networks.setup(sandbox_id, spec, directory, str(netns_path), wiring_mode)
-            if network is not None:
-                undo.push_async_callback(self.networks.teardown, sandbox_id, directory, str(netns_path))
+            undo.push_async_callback(self.networks.teardown, sandbox_id, directory, network)
             pod_ips = network.pod_ips() if network is not None else ()
             sandbox = Sandbox.create(
                 sandbox_id, directory, spec,
@@ -233,7 +232,7 @@ class Runtime:
             for container in self._containers_of(sandbox.id):
                 await self._stop_container(container, FORCED_STOP_GRACE)
             # A failed CNI DEL raises before the namespace goes: kubelet retries StopPodSandbox.
-            await self.networks.teardown(sandbox.id, sandbox.directory, sandbox.status.netns_path)
+            await self.networks.teardown(sandbox.id, sandbox.directory, sandbox.network)
             sandbox.network = None
             await asyncio.to_thread(netns.remove, netns.netns_name(sandbox.id))
             if sandbox.status.state != SandboxState.NOTREADY:

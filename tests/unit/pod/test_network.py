@@ -165,9 +165,10 @@ async def test_teardown_restores_then_deletes_and_forgets_the_record(tmp_path, m
     record = await networks.setup("b" * 64, sandbox(), tmp_path, "/var/run/netns/y", "tc-redirect")  # type: ignore[attr-defined]
     assert [link.ifname for link in record.links] == ["eth0", "eth1"]
     assert PodNetwork.load(tmp_path) == record
-    await networks.teardown("b" * 64, tmp_path, "/var/run/netns/y")  # type: ignore[attr-defined]
+    await networks.teardown("b" * 64, tmp_path, record)  # type: ignore[attr-defined]
     assert undone == ["qmtap0", "qmtap1"]
     assert fake.calls[-2:] == [("DEL", "eth1"), ("DEL", "eth0")]
     assert PodNetwork.load(tmp_path) is None
-    await networks.teardown("b" * 64, tmp_path, "/var/run/netns/y")  # type: ignore[attr-defined]  # repeatable
+    # repeatable: a second StopPodSandbox finds no record left
+    await networks.teardown("b" * 64, tmp_path, PodNetwork.load(tmp_path))  # type: ignore[attr-defined]
     assert len(fake.calls) == 4
