@@ -5,6 +5,7 @@ hand out objects satisfying the ``Cgroup`` protocol. Paths are relative to the h
 ``parent_to_path`` turns kubelet's ``cgroup_parent`` (cgroupfs or systemd form) into one.
 """
 
+from qmprt.cgroups.counters import CgroupCounters, DeviceIO
 from qmprt.cgroups.detect import CgroupMount, detect, parse_mountinfo
 from qmprt.cgroups.errors import CgroupBusy, CgroupError, CgroupNotFound, CgroupUnavailable
 from qmprt.cgroups.files import DirectoryOps, KernelDirectoryOps
@@ -25,6 +26,7 @@ __all__ = [
     "UNLIMITED",
     "Cgroup",
     "CgroupBusy",
+    "CgroupCounters",
     "CgroupDriver",
     "CgroupError",
     "CgroupLimits",
@@ -36,6 +38,7 @@ __all__ = [
     "CgroupV1Driver",
     "CgroupV2",
     "CgroupV2Driver",
+    "DeviceIO",
     "DirectoryOps",
     "KernelDirectoryOps",
     "cpu_shares_to_weight",

@@ -10,6 +10,8 @@ import dataclasses
 import re
 from typing import Protocol
 
+from qmprt.cgroups.counters import CgroupCounters
+
 UNLIMITED = -1
 """Limit value meaning "no limit" (``max`` in v2 files, ``-1`` or the page-counter maximum in v1)."""
 
@@ -98,6 +100,10 @@ class Cgroup(Protocol):
     def read_limits(self) -> CgroupLimits: ...
 
     def stats(self) -> CgroupStats: ...
+
+    def counters(self) -> CgroupCounters:
+        """Every counter cAdvisor-style metrics report (``qmprt.cgroups.counters``)."""
+        ...
 
     def oom_kill_count(self) -> int: ...
 

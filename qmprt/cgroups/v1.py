@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 
 from qmprt.cgroups import files
+from qmprt.cgroups.counters import CgroupCounters, read_v1
 from qmprt.cgroups.errors import CgroupBusy, CgroupError, CgroupNotFound, CgroupUnavailable
 from qmprt.cgroups.model import UNLIMITED, CgroupLimits, CgroupStats
 from qmprt.cgroups.paths import normalize_cgroup_path
@@ -176,6 +177,9 @@ class CgroupV1:
             pids_current=files.read_int(self._file("pids", "pids.current")),
             timestamp_ns=time.time_ns(),
         )
+
+    def counters(self) -> CgroupCounters:
+        return read_v1(self._controller_directories)
 
     def oom_kill_count(self) -> int:
         """OOM kills in this cgroup, from the ``oom_kill`` field of ``memory.oom_control`` (kernel ≥ 4.13).

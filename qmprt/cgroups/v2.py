@@ -11,6 +11,7 @@ import os
 import time
 
 from qmprt.cgroups import files
+from qmprt.cgroups.counters import CgroupCounters, read_v2
 from qmprt.cgroups.errors import CgroupBusy, CgroupError, CgroupNotFound, CgroupUnavailable
 from qmprt.cgroups.model import (
     UNLIMITED,
@@ -177,6 +178,9 @@ class CgroupV2:
             pids_current=files.read_int(self._file("pids.current")),
             timestamp_ns=time.time_ns(),
         )
+
+    def counters(self) -> CgroupCounters:
+        return read_v2(self._directory)
 
     def oom_kill_count(self) -> int:
         """The ``oom_kill`` field of ``memory.events``: kills in this cgroup and its descendants."""

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from qmprt.config import Config
 from qmprt.image import Images
+from qmprt.pod.metrics import SandboxMetricsInfo
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.types import (
@@ -78,6 +79,8 @@ class RuntimeBackend(Protocol):
     async def exec_sync(self, container_id: str, argv: Sequence[str], timeout_s: int) -> ExecResult: ...
 
     async def reopen_log(self, container_id: str) -> None: ...
+
+    async def list_sandbox_metrics(self) -> list[SandboxMetricsInfo]: ...
 
     async def update_resources(self, container_id: str, resources: Resources) -> None: ...
 

@@ -94,16 +94,6 @@ class RuntimeInfoHandlers(Handlers):
         raise NotImplementedError("qmprt has no container event stream: run kubelet with Evented PLEG off")
         yield  # an async generator, as the streaming call needs
 
-    async def ListMetricDescriptors(
-        self, request: cri.ListMetricDescriptorsRequest, context: Any
-    ) -> cri.ListMetricDescriptorsResponse:
-        return cri.ListMetricDescriptorsResponse()
-
-    async def ListPodSandboxMetrics(
-        self, request: cri.ListPodSandboxMetricsRequest, context: Any
-    ) -> cri.ListPodSandboxMetricsResponse:
-        return cri.ListPodSandboxMetricsResponse()
-
     async def UpdatePodSandboxResources(
         self, request: cri.UpdatePodSandboxResourcesRequest, context: Any
     ) -> cri.UpdatePodSandboxResourcesResponse:

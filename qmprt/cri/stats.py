@@ -1,6 +1,7 @@
 """RuntimeService stats calls: per container and per pod sandbox, single and listed.
 
-The pod layer samples cgroups and overlays; nothing here asks a VM. Filters behave like the list
+The pod layer samples cgroups and overlays; nothing here asks a VM. The metrics calls serve the
+cAdvisor-style metrics of ``qmprt.pod.metrics``. Filters behave like the list
 calls: an id that matches nothing gives an empty list, not an error.
 """
 
@@ -49,3 +50,14 @@ class StatsHandlers(Handlers):
         except NotFound:
             found = []
         return cri.ListPodSandboxStatsResponse(stats=[convert.pod_sandbox_stats(info) for info in found])
+
+    async def ListMetricDescriptors(
+        self, request: cri.ListMetricDescriptorsRequest, context: Any
+    ) -> cri.ListMetricDescriptorsResponse:
+        return cri.ListMetricDescriptorsResponse(descriptors=convert.metric_descriptors())
+
+    async def ListPodSandboxMetrics(
+        self, request: cri.ListPodSandboxMetricsRequest, context: Any
+    ) -> cri.ListPodSandboxMetricsResponse:
+        found = await self.runtime.list_sandbox_metrics()
+        return cri.ListPodSandboxMetricsResponse(pod_metrics=[convert.pod_sandbox_metrics(info) for info in found])

@@ -26,7 +26,7 @@ def mountpoint_of(path: Path) -> str:
     return str(current)
 
 
-def _disk_usage(directory: Path) -> tuple[int, int]:
+def disk_usage(directory: Path) -> tuple[int, int]:
     used = inodes = 0
     for entry in directory.rglob("*"):
         with contextlib.suppress(OSError):
@@ -46,7 +46,7 @@ def _cgroup_stats(container: Container) -> CgroupStats | None:
 
 def container_stats(runtime: Runtime, container: Container) -> ContainerStatsInfo:
     usage = _cgroup_stats(container)
-    used, inodes = _disk_usage(container.directory)
+    used, inodes = disk_usage(container.directory)
     return ContainerStatsInfo(
         container_id=container.id,
         sandbox_id=container.sandbox_id,

@@ -959,3 +959,80 @@ def test_limits_validation(fields: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         CgroupLimits(**fields)  # type: ignore[arg-type]
 
+
+
+def test_v1_counters_for_metrics(v1_kernel: FakeV1Kernel) -> None:
+    cgroup = v1_kernel.driver().create("qmprt/ab12")
+    memory = v1_kernel.mounts["memory"] / "qmprt/ab12"
+    write_files(
+        memory,
+        {
+            "memory.usage_in_bytes": "10485760\n",
+            "memory.max_usage_in_bytes": "20971520\n",
+            "memory.failcnt": "3\n",
+            "memory.kmem.usage_in_bytes": "65536\n",
+            "memory.stat": (
+                "total_cache 8192\ntotal_rss 3145728\ntotal_mapped_file 4096\ntotal_inactive_file 2097152\n"
+                "total_pgfault 77\ntotal_pgmajfault 5\n"
+            ),
+            "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        },
+    )
+    cpuacct = v1_kernel.mounts["cpuacct"] / "qmprt/ab12"
+    write_files(cpuacct, {"cpuacct.usage": "2500000000\n", "cpuacct.stat": "user 150\nsystem 50\n"})
+    write_files(
+        v1_kernel.mounts["cpu"] / "qmprt/ab12", {"cpu.stat": "nr_periods 10\nnr_throttled 4\nthrottled_time 3000\n"}
+    )
+    write_files(v1_kernel.mounts["pids"] / "qmprt/ab12", {"pids.current": "2\n", "pids.max": "1024\n"})
+    write_files(
+        v1_kernel.mounts["blkio"] / "qmprt/ab12",
+        {
+            "blkio.throttle.io_service_bytes": "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
+            "blkio.throttle.io_serviced": "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
+        },
+    )
+    counters = cgroup.counters()
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert counters.cpu_usage_ns == 2_500_000_000
+    assert counters.cpu_user_ns == 150 * (1_000_000_000 // ticks)
+    assert (counters.cpu_periods, counters.cpu_throttled_periods, counters.cpu_throttled_ns) == (10, 4, 3000)
+    assert counters.memory_max_usage_bytes == 20971520 and counters.memory_failcnt == 3
+    assert counters.memory_cache_bytes == 8192 and counters.memory_mapped_file_bytes == 4096
+    assert counters.memory_working_set_bytes == 10485760 - 2097152
+    assert counters.memory_kernel_bytes == 65536 and counters.memory_pgmajfault == 5
+    assert counters.oom_kills == 1 and counters.pids_current == 2 and counters.pids_max == 1024
+    [device] = counters.io
+    assert (device.major, device.minor, device.read_bytes, device.write_bytes, device.reads, device.writes) == (
+        8, 0, 4096, 8192, 1, 2
+    )
+
+
+def test_v2_counters_for_metrics(v2_kernel: FakeV2Kernel) -> None:
+    cgroup = v2_kernel.driver().create("qmprt/ab12")
+    write_files(
+        v2_kernel.root / "qmprt/ab12",
+        {
+            "cpu.stat": "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\nnr_periods 6\nnr_throttled 1\nthrottled_usec 7\n",
+            "memory.current": "10485760\n",
+            "memory.peak": "11000000\n",
+            "memory.swap.current": "0\n",
+            "memory.stat": "anon 3145728\nfile 4194304\nfile_mapped 100\nkernel 65536\ninactive_file 2097152\npgfault 9\n",
+            "memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\n",
+            "pids.current": "4\n",
+            "pids.max": "max\n",
+            "io.stat": "259:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n",
+        },
+    )
+    counters = cgroup.counters()
+    assert counters.cpu_usage_ns == 2_500_000 and counters.cpu_system_ns == 500_000
+    assert counters.cpu_throttled_ns == 7000 and counters.cpu_throttled_periods == 1
+    assert counters.memory_max_usage_bytes == 11000000 and counters.memory_failcnt == 12
+    assert counters.memory_cache_bytes == 4194304 and counters.memory_rss_bytes == 3145728
+    assert counters.memory_kernel_bytes == 65536 and counters.memory_pgfault == 9 and counters.memory_pgmajfault is None
+    assert counters.pids_max is None, "max is no limit"
+    assert counters.io[0].read_bytes == 100 and counters.io[0].writes == 2
+
+
+def test_counters_of_missing_controllers_are_none(v2_kernel: FakeV2Kernel) -> None:
+    counters = v2_kernel.driver().create("qmprt/empty").counters()
+    assert counters.memory_max_usage_bytes is None and counters.memory_pgmajfault is None and counters.io == ()

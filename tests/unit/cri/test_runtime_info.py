@@ -9,7 +9,7 @@ from cri_api.v1 import api_pb2 as cri
 
 from qmprt.pod.types import RuntimeHealth
 
-from .conftest import Client
+from .conftest import Client, create_container, run_pod
 from .fake import FakeRuntime
 
 
@@ -65,7 +65,25 @@ async def test_update_runtime_config_passes_the_pod_cidr(client: Client, fake: F
     assert fake.pod_cidr == "10.244.1.0/24"
 
 
-async def test_metrics_calls_answer_empty(client: Client) -> None:
-    descriptors = await client.runtime.ListMetricDescriptors(cri.ListMetricDescriptorsRequest())
-    metrics = await client.runtime.ListPodSandboxMetrics(cri.ListPodSandboxMetricsRequest())
-    assert not descriptors.descriptors and not metrics.pod_metrics
+async def test_metric_descriptors_have_help_labels_and_unique_names(client: Client) -> None:
+    descriptors = (await client.runtime.ListMetricDescriptors(cri.ListMetricDescriptorsRequest())).descriptors
+    names = [d.name for d in descriptors]
+    assert len(names) == len(set(names)) and len(names) >= 40
+    for descriptor in descriptors:
+        assert descriptor.help and list(descriptor.label_keys[:5]) == ["container", "id", "image", "namespace", "pod"]
+    by_name = {d.name: list(d.label_keys) for d in descriptors}
+    assert by_name["container_network_receive_bytes_total"][-1] == "interface"
+    assert by_name["container_memory_failures_total"][-2:] == ["failure_type", "scope"]
+
+
+async def test_pod_sandbox_metrics_carry_pod_and_container_samples(client: Client, fake: FakeRuntime) -> None:
+    pod_id = await run_pod(client)
+    container_id = await create_container(client, fake, pod_id)
+    await client.runtime.StartContainer(cri.StartContainerRequest(container_id=container_id))
+    pods = (await client.runtime.ListPodSandboxMetrics(cri.ListPodSandboxMetricsRequest())).pod_metrics
+    assert [p.pod_sandbox_id for p in pods] == [pod_id]
+    network = pods[0].metrics[0]
+    assert network.name == "container_network_receive_bytes_total" and network.metric_type == cri.COUNTER
+    assert network.value.value == 1 and network.label_values[-1] == "eth0"
+    [container] = pods[0].container_metrics
+    assert container.container_id == container_id and container.metrics[0].value.value == 2
