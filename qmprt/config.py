@@ -5,7 +5,7 @@
     [runtime]   state_dir, run_dir, socket, log_level, handlers (RuntimeClass handlers besides "")
     [vm]        accel ("auto" | "kvm" | "tcg"), machine ("q35" | "microvm"), cpus, memory_mib,
                 tcg_tb_size_mib (128; 0 = QEMU's default of 1 GiB), qemu_binary, stop_grace_seconds,
-                memory_overhead_mib
+                memory_overhead_mib, command_exit ("keep" | "poweroff")
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent),
                 pids_max
     [cni]       conf_dir, bin_dirs, max_networks (pod interfaces, one per config file), wiring
@@ -61,6 +61,9 @@ class VMDefaults:
     qemu_binary: str = "qemu-system-x86_64"
     stop_grace_seconds: float = 30.0
     memory_overhead_mib: int = 160  # per-VM host memory besides guest RAM (see qmprt.pod.sizing)
+    # What a container's command means when its pod does not say (qmprt.io/command-exit): "keep"
+    # runs the VM on after it, "poweroff" makes it a job whose end is the container's exit.
+    command_exit: str = "keep"
 
     def validate(self) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -75,6 +78,8 @@ class VMDefaults:
             raise InvalidArgument("vm.memory_overhead_mib must not be negative")
         if self.tcg_tb_size_mib < 0:
             raise InvalidArgument("vm.tcg_tb_size_mib must be 0 (QEMU's default) or positive")
+        if self.command_exit not in ("keep", "poweroff"):
+            raise InvalidArgument(f"vm.command_exit must be keep or poweroff, not {self.command_exit!r}")
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,12 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: str) -> Config
     }
     if runtime_changes:
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **runtime_changes))
+    runtime_table = document.get("runtime", {})
+    run_dir_named = "run_dir" in runtime_changes or (isinstance(runtime_table, dict) and "run_dir" in runtime_table)
+    if not run_dir_named and config.runtime.socket != RuntimeConfig.socket:
+        # A socket placed elsewhere takes the VMs' sockets with it: nothing is made under /run/qmprt.
+        run_dir = os.path.join(os.path.dirname(config.runtime.socket), "run")
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, run_dir=run_dir))
     accel = os.environ.get("QMPRT_ACCEL")
     if accel:
         config = dataclasses.replace(config, vm=dataclasses.replace(config.vm, accel=accel))

@@ -19,6 +19,7 @@ from qmprt.cloudinit.configdrive import (
 )
 from qmprt.cloudinit.iso import VOLUME_LABEL, SeedFormat, seed_files, write_nocloud_iso, write_seed_iso
 from qmprt.cloudinit.seed import (
+    COMMAND_EXIT_MARKER,
     COMMAND_PATH,
     ENVIRONMENT_PATH,
     DNSConfig,
@@ -27,6 +28,8 @@ from qmprt.cloudinit.seed import (
     SeedFile,
     SeedMount,
     SeedSpec,
+    check_hostname,
+    hostname_from_name,
     mount_command,
     render_command_script,
     render_environment,
@@ -39,6 +42,7 @@ from qmprt.cloudinit.userdata import USER_DATA_MAX_BYTES, UserDataMode
 READY_MARKER = "qmprt: guest ready"
 
 __all__ = [
+    "COMMAND_EXIT_MARKER",
     "COMMAND_PATH",
     "CONFIG_DRIVE_LABEL",
     "ENVIRONMENT_PATH",
@@ -53,7 +57,9 @@ __all__ = [
     "SeedMount",
     "SeedSpec",
     "UserDataMode",
+    "check_hostname",
     "config_drive_files",
+    "hostname_from_name",
     "mount_command",
     "render_command_script",
     "render_environment",

@@ -7,12 +7,13 @@ apply the same way; see ``images/README.md`` for the guest side. ``qmprt.cloudin
 renders the same spec in OpenStack's form.
 
 - ``meta-data``: ``instance-id``, ``local-hostname`` and ``public-keys`` (the SSH keys).
-- ``user-data``: ``#cloud-config`` with ``hostname``, ``bootcmd`` (one ``mount -t virtiofs`` per
-  ``SeedMount``: bootcmd runs at every boot, before write_files; cloud-init's own ``mounts`` does not
-  take a virtiofs tag), ``write_files`` (always base64), ``ssh_authorized_keys`` and ``runcmd``.
-  The environment is written to ``/etc/cloud/environment`` as ``KEY='value'`` lines; the command is
-  written to ``/var/lib/qmprt/command.sh``, which sources the environment and ``exec``s the argv, and
-  ``runcmd`` runs that script. A dotted hostname also goes in as ``fqdn`` with
+- ``user-data``: ``#cloud-config`` with ``hostname``, ``bootcmd`` (one ``sysctl -w`` per pod sysctl,
+  then one ``mount -t virtiofs`` per ``SeedMount``: bootcmd runs at every boot, before write_files;
+  cloud-init's own ``mounts`` does not take a virtiofs tag), ``write_files`` (always base64),
+  ``ssh_authorized_keys`` and ``runcmd``. The environment is written to ``/etc/cloud/environment``
+  as ``KEY='value'`` lines; the command is written to ``/var/lib/qmprt/command.sh``, which sources
+  the environment, changes to the working directory and ``exec``s the argv (or, for a job, runs it,
+  prints its status after ``COMMAND_EXIT_MARKER`` and powers off), and ``runcmd`` runs that script. A dotted hostname also goes in as ``fqdn`` with
   ``prefer_fqdn_over_hostname`` so cloud-init sets it whole. The DNS settings are repeated in
   cc_resolv_conf's ``resolv_conf`` form, the only place for resolver options (network-config
   cannot express them; distributions where cc_resolv_conf does not run ignore it). User-supplied
@@ -38,12 +39,17 @@ from qmprt.cloudinit.userdata import UserDataMode
 
 ENVIRONMENT_PATH = "/etc/cloud/environment"
 COMMAND_PATH = "/var/lib/qmprt/command.sh"
+# Printed on the console, followed by the status, when a job command ends (``render_command_script``).
+COMMAND_EXIT_MARKER = "qmprt: command exited with status "
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _HOSTNAME_MAX = 64  # the kernel's limit (HOST_NAME_MAX)
+_LABEL_MAX = 63  # a DNS label, and what a derived hostname is cut to
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}")
+_SYSCTL_KEY = re.compile(r"[a-z0-9_][a-z0-9_.\-/]{0,254}", re.IGNORECASE)
+_SYSCTL_VALUE_MAX = 4096
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _DOMAIN = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
@@ -112,6 +118,10 @@ class SeedSpec:
     mounts: tuple[SeedMount, ...] = ()
     user_data: bytes | None = None  # the user's own user-data (see qmprt.cloudinit.userdata)
     user_data_mode: UserDataMode = "merge"
+    sysctls: Mapping[str, str] = field(default_factory=lambda: _EMPTY_ENV)  # applied at every boot
+    working_dir: str = ""  # where the command runs
+    power_off_after_command: bool = False  # the command is a job: its end powers the guest off
+
 
 
 def _sh_quote(value: str) -> str:
@@ -138,21 +148,58 @@ def render_environment(env: Mapping[str, str]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def render_command_script(command: tuple[str, ...]) -> bytes:
-    """The script that runs ``command`` with the environment file exported."""
+def render_command_script(
+    command: tuple[str, ...], working_dir: str = "", power_off_after: bool = False
+) -> bytes:
+    """The script that runs ``command`` with the environment file exported, in ``working_dir``.
+
+    With ``power_off_after`` the command is a job: when it ends the script prints
+    ``COMMAND_EXIT_MARKER`` and its status on the console and powers the guest off, and qmprt
+    reports that status as the container's exit code. Otherwise the script ``exec``s the command and
+    the VM runs on after it.
+    """
     if not command:
         raise ValueError("the command is empty")
     for index, arg in enumerate(command):
         _check_no_nul(arg, f"command argument {index}")
     argv = " ".join(_sh_quote(arg) for arg in command)
-    return (
-        "#!/bin/sh\n"
-        "# Written by qmprt: the container's command, with its environment exported.\n"
-        "set -a\n"
-        f". {ENVIRONMENT_PATH}\n"
-        "set +a\n"
-        f"exec {argv}\n"
-    ).encode("utf-8")
+    lines = [
+        "#!/bin/sh",
+        "# Written by qmprt: the container's command, with its environment exported.",
+        "set -a",
+        f". {ENVIRONMENT_PATH}",
+        "set +a",
+    ]
+    if working_dir:
+        if not working_dir.startswith("/") or not working_dir.isprintable() or len(working_dir) > 4096:
+            raise ValueError(f"working directory {working_dir!r} must be an absolute path on one line")
+        _check_no_nul(working_dir, "working directory")
+        lines.append(f"cd {_sh_quote(working_dir)} || exit 1")
+    if power_off_after:
+        # The marker starts a line of its own even after output without a final newline.
+        lines += [argv, "status=$?", f"printf '\\n{COMMAND_EXIT_MARKER}%s\\n' \"$status\"", "poweroff"]
+    else:
+        lines.append(f"exec {argv}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def hostname_from_name(name: str) -> str:
+    """A valid hostname made from a pod's metadata name, for sandboxes that set none.
+
+    Lower-cased; every run of characters outside ``[a-z0-9.]`` becomes one ``-``; labels lose the
+    ``-`` at their ends and empty labels go; the result is cut to 63 characters at the last label
+    boundary that fits (a single longer label is cut inside), and is ``pod`` when nothing is left.
+    """
+    lowered = re.sub(r"[^a-z0-9.]+", "-", name.lower())
+    labels = [label.strip("-")[:_LABEL_MAX].strip("-") for label in lowered.split(".")]
+    labels = [label for label in labels if label]
+    hostname = ""
+    for label in labels:
+        candidate = f"{hostname}.{label}" if hostname else label
+        if len(candidate) > _LABEL_MAX:
+            break
+        hostname = candidate
+    return hostname or "pod"
 
 
 def check_hostname(hostname: str) -> str:
@@ -201,7 +248,13 @@ def render_meta_data(spec: SeedSpec) -> bytes:
 def _seed_files(spec: SeedSpec) -> list[SeedFile]:
     files = [SeedFile(ENVIRONMENT_PATH, render_environment(spec.env), 0o600)]
     if spec.command:
-        files.append(SeedFile(COMMAND_PATH, render_command_script(spec.command), 0o700))
+        files.append(
+            SeedFile(
+                COMMAND_PATH,
+                render_command_script(spec.command, spec.working_dir, spec.power_off_after_command),
+                0o700,
+            )
+        )
     files.extend(spec.files)
     seen: set[str] = set()
     for seed_file in files:
@@ -242,6 +295,21 @@ def mount_command(mount: SeedMount) -> str:
     return f"mkdir -p {path} && mount -t virtiofs -o {options} {_sh_quote(mount.tag)} {path}"
 
 
+def sysctl_command(key: str, value: str) -> str:
+    """The shell command (a ``bootcmd`` item) that sets one kernel parameter in the guest.
+
+    The guest's kernel is the pod's own, so every parameter is namespaced to the pod there; kubelet
+    already refused the ones a pod may not set.
+    """
+    if not _SYSCTL_KEY.fullmatch(key):
+        raise ValueError(f"sysctl {key!r} must be a kernel parameter name (letters, digits, '_', '-', '.', '/')")
+    if not value or len(value) > _SYSCTL_VALUE_MAX or not value.isprintable():
+        raise ValueError(
+            f"sysctl {key}: value {value!r} must be 1 to {_SYSCTL_VALUE_MAX} printable characters on one line"
+        )
+    return f"sysctl -w {_sh_quote_ascii(f'{key}={value}', f'sysctl {key}')}"
+
+
 def render_user_data(spec: SeedSpec) -> bytes:
     """user-data: qmprt's ``#cloud-config``, merged with or replaced by the user's user-data."""
     if spec.user_data_mode not in ("merge", "replace"):
@@ -266,11 +334,14 @@ def qmprt_cloud_config(spec: SeedSpec) -> dict[str, Any]:
         # cloud-init would take a dotted hostname as an FQDN and set only its first label.
         document["fqdn"] = spec.hostname
         document["prefer_fqdn_over_hostname"] = True
+    bootcmd = [sysctl_command(key, value) for key, value in sorted(spec.sysctls.items())]
     if spec.mounts:
         paths = [mount.path for mount in spec.mounts]
         if len(set(paths)) != len(paths):
             raise ValueError(f"mount paths are not unique: {paths}")
-        document["bootcmd"] = [mount_command(mount) for mount in spec.mounts]
+        bootcmd += [mount_command(mount) for mount in spec.mounts]
+    if bootcmd:
+        document["bootcmd"] = bootcmd
     document["write_files"] = [
         {
             "path": _yaml.check_string(seed_file.path, "seed file path"),

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
+from qmprt.cloudinit import check_hostname
 from qmprt.errors import InvalidArgument
 from qmprt.image import ImageRecord
+from qmprt.pod.metrics import DESCRIPTORS, MetricSample, SandboxMetricsInfo
 from qmprt.pod.model import (
     ContainerMetadata,
     ContainerSpec,
@@ -82,7 +84,15 @@ def sandbox_spec(config: cri.PodSandboxConfig, runtime_handler: str) -> SandboxS
             )
     if config.log_directory and not os.path.isabs(config.log_directory):
         raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
+    if config.hostname:
+        # A hostname someone set is theirs: refuse it rather than change it. Without one the guest
+        # gets a name derived from metadata.name (SandboxSpec.guest_hostname).
+        try:
+            check_hostname(config.hostname)
+        except ValueError as err:
+            raise InvalidArgument(f"the pod sandbox config's hostname: {err}") from err
     linux = config.linux
+    check_sandbox_security(linux.security_context)
     return SandboxSpec(
         metadata=SandboxMetadata(
             name=metadata.name, uid=metadata.uid, namespace=metadata.namespace, attempt=metadata.attempt
@@ -101,7 +111,83 @@ def sandbox_spec(config: cri.PodSandboxConfig, runtime_handler: str) -> SandboxS
         overhead=resources(linux.overhead, "linux.overhead") if linux.HasField("overhead") else None,
         resources=resources(linux.resources, "linux.resources") if linux.HasField("resources") else None,
         runtime_handler=runtime_handler,
+        sysctls=dict(linux.sysctls),
     )
+
+
+# -- what a VM pod does with Linux security settings (docs/conformance.md has the table) -----------
+# A VM is its own kernel: the settings that confine a process on the host kernel (capabilities,
+# seccomp, AppArmor, SELinux, masked and read-only paths, no_new_privs, privileged, the user to run
+# as) have no host process to apply to and are ignored; kubelet sends some of them for every pod.
+# What a VM cannot be - one sharing the node's network, PID or IPC namespace - is refused, as is
+# a combination every runtime refuses.
+
+_NAMESPACES = {"network": "hostNetwork", "pid": "hostPID", "ipc": "hostIPC"}
+
+
+def _check_namespaces(options: cri.NamespaceOption, where: str) -> None:
+    for field, pod_field in _NAMESPACES.items():
+        if getattr(options, field) == cri.NODE:
+            raise InvalidArgument(
+                f"{where}.namespace_options.{field} is NODE ({pod_field}: true): a VM pod has its own kernel "
+                f"and cannot share the node's {field} namespace; run this pod with a container runtime"
+            )
+    if not options.HasField("userns_options"):
+        return
+    userns = options.userns_options
+    if userns.mode in (cri.CONTAINER, cri.TARGET):
+        raise InvalidArgument(
+            f"{where}.namespace_options.userns_options.mode {cri.NamespaceMode.Name(userns.mode)} is not "
+            "supported: give POD or NODE"
+        )
+    if userns.mode == cri.POD:
+        # The guest's users never map to the node's; the mapping is checked as every runtime does and
+        # has no effect in the VM.
+        for kind, mappings in (("uids", userns.uids), ("gids", userns.gids)):
+            if len(mappings) != 1:
+                raise InvalidArgument(
+                    f"{where}.namespace_options.userns_options.{kind}: give exactly one mapping, not {len(mappings)}"
+                )
+            if mappings[0].container_id != 0 or mappings[0].length == 0:
+                raise InvalidArgument(
+                    f"{where}.namespace_options.userns_options.{kind}: the mapping must start at container id 0 "
+                    "and have a length"
+                )
+    elif userns.uids or userns.gids:
+        raise InvalidArgument(f"{where}.namespace_options.userns_options: mappings need mode POD")
+
+
+def check_sandbox_security(context: cri.LinuxSandboxSecurityContext) -> None:
+    _check_namespaces(context.namespace_options, "linux.security_context")
+    if context.HasField("run_as_group") and not context.HasField("run_as_user"):
+        raise InvalidArgument("linux.security_context.run_as_group is set without run_as_user")
+
+
+def check_container_security(context: cri.LinuxContainerSecurityContext) -> None:
+    _check_namespaces(context.namespace_options, "linux.security_context")
+    if context.HasField("run_as_group") and not (context.HasField("run_as_user") or context.run_as_username):
+        raise InvalidArgument("linux.security_context.run_as_group is set without run_as_user or run_as_username")
+    if context.readonly_rootfs:
+        raise InvalidArgument(
+            "linux.security_context.readonly_rootfs: a VM's root disk holds its guest operating system, "
+            "which needs to write to it; qmprt cannot boot it read-only (mount read-only volumes instead)"
+        )
+
+
+def _mount(mount: cri.Mount) -> MountSpec:
+    if mount.HasField("image") and mount.image.image:
+        raise InvalidArgument(
+            f"mounts: {mount.container_path!r} is an image volume ({mount.image.image}): qmprt does not "
+            "mount images into VM pods; put the files on a volume (configMap, PVC, hostPath) instead"
+        )
+    if mount.recursive_read_only and not mount.readonly:
+        raise InvalidArgument(f"mounts: {mount.container_path!r} is recursive_read_only but not readonly")
+    if mount.recursive_read_only and mount.propagation != cri.PROPAGATION_PRIVATE:
+        raise InvalidArgument(
+            f"mounts: {mount.container_path!r} is recursive_read_only with propagation "
+            f"{cri.MountPropagation.Name(mount.propagation)}: recursive read-only mounts need PROPAGATION_PRIVATE"
+        )
+    return MountSpec(container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly)
 
 
 def _port_mapping(mapping: cri.PortMapping) -> PortMapping:
@@ -133,6 +219,7 @@ def container_spec(config: cri.ContainerConfig) -> ContainerSpec:
         if not env.key or "=" in env.key:
             raise InvalidArgument(f"envs: {env.key!r} is not an environment variable name")
     linux = config.linux
+    check_container_security(linux.security_context)
     return ContainerSpec(
         metadata=ContainerMetadata(name=config.metadata.name, attempt=config.metadata.attempt),
         image=config.image.image,
@@ -140,10 +227,7 @@ def container_spec(config: cri.ContainerConfig) -> ContainerSpec:
         args=tuple(config.args),
         working_dir=config.working_dir,
         envs=tuple((env.key, env.value) for env in config.envs),
-        mounts=tuple(
-            MountSpec(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly)
-            for m in config.mounts
-        ),
+        mounts=tuple(_mount(m) for m in config.mounts),
         devices=tuple(
             DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions or "rwm")
             for d in config.devices
@@ -384,3 +468,38 @@ def _repository(name: str) -> str:
     if ":" in tail and "://" not in name:
         return f"{head}/{tail.split(':', 1)[0]}" if head else tail.split(":", 1)[0]
     return name
+
+
+# -- metrics (cAdvisor-style, for kubelet's CRI-only stats) ----------------------------------------
+
+_METRIC_TYPES = {"counter": cri.COUNTER, "gauge": cri.GAUGE}
+
+
+def metric_descriptors() -> list[cri.MetricDescriptor]:
+    return [
+        cri.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.label_keys)) for d in DESCRIPTORS
+    ]
+
+
+def _metrics(samples: Sequence[MetricSample]) -> list[cri.Metric]:
+    return [
+        cri.Metric(
+            name=sample.name,
+            timestamp=sample.timestamp_ns,
+            metric_type=_METRIC_TYPES[sample.kind],
+            label_values=list(sample.label_values),
+            value=cri.UInt64Value(value=sample.value),
+        )
+        for sample in samples
+    ]
+
+
+def pod_sandbox_metrics(info: SandboxMetricsInfo) -> cri.PodSandboxMetrics:
+    return cri.PodSandboxMetrics(
+        pod_sandbox_id=info.sandbox_id,
+        metrics=_metrics(info.samples),
+        container_metrics=[
+            cri.ContainerMetrics(container_id=container.container_id, metrics=_metrics(container.samples))
+            for container in info.containers
+        ],
+    )

@@ -11,7 +11,7 @@ from cri_api.v1 import api_pb2 as cri
 
 from qmprt.ctl import configs, logs, output
 from qmprt.ctl.client import CRIClient
-from qmprt.errors import InvalidArgument
+from qmprt.errors import InvalidArgument, NotFound
 
 EXEC_DEADLINE_MARGIN_S = 120  # kubelet's ExecSync deadline is the command's timeout + 2 min
 
@@ -296,9 +296,18 @@ def pull(
 
 
 def remove_images(client: CRIClient, names: Sequence[str], out: TextIO) -> int:
+    """Removes each image that exists; one that does not is an error (RemoveImage itself is idempotent,
+    so ask ImageStatus first, as crictl does), after the others are removed."""
+    missing = []
     for name in names:
+        status = client.images("ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=name)))
+        if not status.HasField("image"):
+            missing.append(name)
+            continue
         client.images("RemoveImage", cri.RemoveImageRequest(image=cri.ImageSpec(image=name)))
         out.write(f"Deleted: {name}\n")
+    if missing:
+        raise NotFound(f"no such image: {', '.join(missing)}")
     return 0
 
 

@@ -49,6 +49,8 @@ DATA_VOLUMES = PREFIX + "data-volumes"
 RBD_VOLUMES = PREFIX + "rbd-volumes"
 ISCSI_VOLUMES = PREFIX + "iscsi-volumes"
 NETWORK_WIRING = PREFIX + "network-wiring"
+COMMAND_EXIT = PREFIX + "command-exit"
+COMMAND_EXIT_MODES = ("keep", "poweroff")
 
 KNOWN_KEYS: Mapping[str, str] = {
     ROOT_VOLUME_SIZE: "the container's root disk size, a Kubernetes quantity (10Gi, 512Mi, 20G or bytes)",
@@ -63,6 +65,8 @@ KNOWN_KEYS: Mapping[str, str] = {
     RBD_VOLUMES: 'a JSON list of {"pool", "image", "monitors", "user", "secret_mount"}',
     ISCSI_VOLUMES: 'a JSON list of {"portal", "target", "lun", "user", "secret_mount"}',
     NETWORK_WIRING: "tc-redirect or macvtap (a pod annotation: how its CNI interfaces reach the VM)",
+    COMMAND_EXIT: "keep (the VM runs on after the container's command) or poweroff (the guest powers off "
+    "when the command ends and the container exits with its code)",
 }
 MAX_DATA_VOLUMES = 16
 SSH_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ecdsa-sha2-", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-")
@@ -115,6 +119,7 @@ class QmprtAnnotations:
     data_volume_sizes: tuple[int, ...] = ()
     rbd_volumes: tuple[RBDVolume, ...] = ()
     iscsi_volumes: tuple[ISCSIVolume, ...] = ()
+    command_exit: str | None = None  # None: the node's vm.command_exit
 
     def vcpu_count(self, granted: int) -> int:
         """The vCPUs to boot: the annotation may ask for fewer than the resources grant, never more."""
@@ -197,6 +202,7 @@ def parse_annotations(container: Mapping[str, str], sandbox: Mapping[str, str]) 
         data_volume_sizes=_sizes(merged.get(DATA_VOLUMES, "")),
         rbd_volumes=tuple(RBDVolume(**entry) for entry in _json_list(merged, RBD_VOLUMES, _RBD_FIELDS)),
         iscsi_volumes=tuple(ISCSIVolume(**entry) for entry in _json_list(merged, ISCSI_VOLUMES, _ISCSI_FIELDS)),
+        command_exit=_choice(merged, COMMAND_EXIT, COMMAND_EXIT_MODES) if COMMAND_EXIT in merged else None,
     )
     size_text = merged.get(ROOT_VOLUME_SIZE)
     if size_text is None:

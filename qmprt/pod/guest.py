@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qmprt.cloudinit import SeedFormat, SeedSpec, write_seed_iso
+from qmprt.cloudinit import COMMAND_EXIT_MARKER, SeedFormat, SeedSpec, write_seed_iso
 from qmprt.config import Config
 from qmprt.errors import InvalidArgument
 from qmprt.pod.model import ContainerSpec, SandboxSpec
@@ -25,9 +25,9 @@ SEED_FILE = "seed.iso"
 
 def seed_spec(
     container_id: str, container: ContainerSpec, sandbox: SandboxSpec, requested: QmprtAnnotations, plan: StoragePlan,
-    network: PodNetwork | None = None,
+    network: PodNetwork | None = None, command_exit: str = "keep",
 ) -> SeedSpec:
-    hostname = sandbox.hostname or sandbox.metadata.name
+    hostname = sandbox.guest_hostname
     try:
         return SeedSpec(
             instance_id=container_id,
@@ -41,6 +41,9 @@ def seed_spec(
             ssh_authorized_keys=requested.ssh_authorized_keys,
             user_data=requested.user_data.encode() if requested.user_data is not None else None,
             user_data_mode=requested.user_data_mode,  # type: ignore[arg-type]
+            sysctls=sandbox.sysctls,
+            working_dir=container.working_dir,
+            power_off_after_command=command_exit == "poweroff",
         )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
@@ -48,12 +51,13 @@ def seed_spec(
 
 def write_seed(
     directory: Path, container_id: str, container: ContainerSpec, sandbox: SandboxSpec,
-    requested: QmprtAnnotations, plan: StoragePlan, network: PodNetwork | None = None,
+    requested: QmprtAnnotations, plan: StoragePlan, network: PodNetwork | None = None, command_exit: str = "keep",
 ) -> Path:
     path = directory / SEED_FILE
     try:
         write_seed_iso(
-            seed_spec(container_id, container, sandbox, requested, plan, network), path, SeedFormat(requested.seed_format)
+            seed_spec(container_id, container, sandbox, requested, plan, network, command_exit),
+            path, SeedFormat(requested.seed_format),
         )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
@@ -75,6 +79,11 @@ def kernel_boot(record: ContainerRecord, accel: Accelerator) -> KernelBoot | Non
         if khz:
             append += (f"tsc_early_khz={khz}",)
     return KernelBoot(record.kernel, record.initrd, append)
+
+
+def _is_job(record: ContainerRecord) -> bool:
+    """A command whose end powers the guest off and gives the container its exit code."""
+    return record.command_exit == "poweroff" and bool(record.spec.command or record.spec.args)
 
 
 def vm_config(
@@ -99,4 +108,5 @@ def vm_config(
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,
         nics=network.nics() if network is not None else (),
+        exit_status_marker=COMMAND_EXIT_MARKER if _is_job(record) else "",
     )

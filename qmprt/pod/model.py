@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmprt.cloudinit import hostname_from_name
+
 METADATA_VERSION = 1
 
 
@@ -73,6 +75,13 @@ class SandboxSpec:
     overhead: Resources | None = None
     resources: Resources | None = None
     runtime_handler: str = ""
+    sysctls: Mapping[str, str] = field(default_factory=dict)  # set in the guest at every boot
+
+    @property
+    def guest_hostname(self) -> str:
+        """The hostname the client set, else one derived from the metadata name (critest and other
+        clients send none; kubelet always does)."""
+        return self.hostname or hostname_from_name(self.metadata.name)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": METADATA_VERSION, **dataclasses.asdict(self)}

@@ -264,7 +264,7 @@ class PodNetworks:
     async def start_responders(self, sandbox_id: str, sandbox: SandboxSpec, network: PodNetwork) -> None:
         """(Re)start the DHCP responders of a pod; a failure is logged (network-config still works)."""
         self.stop_responders(sandbox_id)
-        hostname = sandbox.hostname or sandbox.metadata.name
+        hostname = sandbox.guest_hostname
         dns = guest_dns(sandbox, network)
         responders = []
         for link in network.links:

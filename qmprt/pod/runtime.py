@@ -25,6 +25,7 @@ from qmprt.image.overlay import create_overlay_async
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
 from qmprt.pod import resources as live_resources
+from qmprt.pod.metrics import SandboxMetricsInfo, sandbox_metrics
 from qmprt.pod.network import PodNetworks
 from qmprt.pod.annotations import network_wiring, parse_annotations
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", Sandbox, Container)
-LIVE_STATES = (ContainerState.CREATED, ContainerState.RUNNING)
 FORCED_STOP_GRACE = 0.0
 
 
@@ -294,13 +294,6 @@ class Runtime:
         async with sandbox.lock:
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready: it was stopped")
-            live = [c for c in self._containers_of(sandbox.id) if c.status.state in LIVE_STATES]
-            if live:
-                raise FailedPrecondition(
-                    f"sandbox {sandbox.id[:12]} already has a live container ({live[0].spec.metadata.name}, "
-                    f"{live[0].status.state.value}): a VM pod runs one container at a time; stop and remove "
-                    "it first (init containers run to completion before the next)"
-                )
             name_key = (sandbox.id, metadata.name, metadata.attempt)
             if name_key in self._container_names:
                 raise AlreadyExists(
@@ -344,8 +337,10 @@ class Runtime:
                 plan = await plan_storage(
                     spec, requested, directory, self.container_run_dir(container_id), guest.transport(machine)
                 )
+                command_exit = requested.command_exit or self.config.vm.command_exit
                 await asyncio.to_thread(
-                    guest.write_seed, directory, container_id, spec, sandbox.spec, requested, plan, sandbox.network
+                    guest.write_seed, directory, container_id, spec, sandbox.spec, requested, plan, sandbox.network,
+                    command_exit,
                 )
                 record = ContainerRecord(
                     spec=spec,
@@ -368,6 +363,7 @@ class Runtime:
                     cmdline=boot_files.cmdline if boot_files else "",
                     volume_args=plan.volume_args,
                     shares=shares_to_json(plan.shares),
+                    command_exit=command_exit,
                 )
                 # A layout this VM type or host cannot give is refused now, not at start.
                 check_host(guest.vm_config(container_id, directory, record, self.config, self.accel.accel).memory_plan())
@@ -444,13 +440,24 @@ class Runtime:
     async def start_container(self, container_id: str) -> None:
         container = _lookup(self.containers, container_id, "container")
         sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
-        async with container.lock:
+        # The sandbox's lock first (as stop_sandbox takes them): two starts in one pod cannot both run.
+        async with sandbox.lock, container.lock:
             if container.status.state != ContainerState.CREATED:
                 raise FailedPrecondition(
                     f"container {container.id[:12]} is {container.status.state.value}; only a created container can start"
                 )
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready")
+            running = [
+                c for c in self._containers_of(sandbox.id)
+                if c.status.state == ContainerState.RUNNING and c is not container
+            ]
+            if running:
+                raise FailedPrecondition(
+                    f"sandbox {sandbox.id[:12]} already runs container {running[0].spec.metadata.name} "
+                    f"({running[0].id[:12]}): a VM pod is one VM on the pod's network and runs one container "
+                    "at a time; stop it first (init containers run to completion before the next)"
+                )
             log_writer = self._open_log(container)
             config = guest.vm_config(
                 container.id, container.directory, container.record, self.config, self.accel.accel, sandbox.network
@@ -607,6 +614,11 @@ class Runtime:
     def list_sandbox_stats(self, *, id: str = "", labels: Mapping[str, str] | None = None) -> list[SandboxStatsInfo]:
         infos = self.list_sandboxes(id=id, labels=labels)
         return [self.sandbox_stats(info.id) for info in infos if info.id in self.sandboxes]
+
+    async def list_sandbox_metrics(self) -> list[SandboxMetricsInfo]:
+        """Every pod's metrics (``qmprt.pod.metrics``), collected in a worker thread."""
+        pods = [(sandbox, self._containers_of(sandbox.id)) for sandbox in list(self.sandboxes.values())]
+        return await asyncio.to_thread(lambda: [sandbox_metrics(sandbox, containers) for sandbox, containers in pods])
 
     def image_in_use(self, digest: str) -> bool:
         return any(container.record.image_digest == digest for container in self.containers.values())

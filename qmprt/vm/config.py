@@ -116,6 +116,9 @@ class VMConfig:
     shared_memory: bool = False
     extra_args: tuple[str, ...] = ()
     nics: tuple[NICConfig, ...] = ()
+    # When the guest powers off, the status after the last console line starting with this is the
+    # exit code (a job's command reports its end so); empty: a power-off is exit 0.
+    exit_status_marker: str = ""
 
     def __post_init__(self) -> None:
         self.memory_plan()

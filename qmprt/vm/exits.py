@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +27,26 @@ def classify_exit(
     stop_requested: bool,
     shutdown_step: int,
     stderr_tail: str = "",
+    console_tail: bytes = b"",
+    exit_status_marker: str = "",
 ) -> ExitVerdict:
-    """Turn what qmprt saw of an emulator's end into a container exit code, reason and message."""
+    """Turn what qmprt saw of an emulator's end into a container exit code, reason and message.
+
+    With ``exit_status_marker`` a guest power-off takes its exit code from the console
+    (``reported_status``): the container's command ended with that status and powered the guest off.
+    """
     tail = f": {stderr_tail.strip()}" if stderr_tail.strip() else ""
     if oom_kills > 0:
         return ExitVerdict(137, "OOMKilled", "the VM's cgroup reached its memory limit and QEMU was killed")
     if panicked:
         return ExitVerdict(1, "Error", "the guest kernel panicked (reported through pvpanic)")
     if shutdown_reason == "guest-shutdown" or (shutdown_by_guest and shutdown_reason != "guest-panic"):
+        status = reported_status(console_tail, exit_status_marker) if exit_status_marker else None
+        if status is not None:
+            return ExitVerdict(
+                status, "Completed" if status == 0 else "Error",
+                f"the container's command exited with status {status}; the guest powered off",
+            )
         return ExitVerdict(0, "Completed", "the guest powered off")
     if stop_requested:
         if shutdown_step <= ShutdownStep.POWERDOWN:
@@ -52,6 +65,15 @@ def classify_exit(
     if returncode == 0:
         return ExitVerdict(0, "Completed", "QEMU exited")
     return ExitVerdict(returncode, "Error", f"QEMU exited with status {returncode}{tail}")
+
+
+def reported_status(console_tail: bytes, marker: str) -> int | None:
+    """The status after the last line of ``console_tail`` that starts with ``marker`` (0-255), else None."""
+    found = re.findall(rb"^" + re.escape(marker.encode()) + rb"([0-9]{1,3})\r?$", console_tail, re.MULTILINE)
+    if not found:
+        return None
+    status = int(found[-1])
+    return status if status <= 255 else None
 
 
 def infer_unwatched_exit(console_tail: bytes, qemu_log_tail: str) -> dict[str, Any]:

@@ -430,6 +430,8 @@ class VM:
             stop_requested=status.stop_requested,
             shutdown_step=status.shutdown_step,
             stderr_tail=_tail(self.state_dir / "qemu.log", 300),
+            console_tail=_tail_bytes(self.console_raw, 4096) if self.config.exit_status_marker else b"",
+            exit_status_marker=self.config.exit_status_marker,
         )
         self._transition(
             VMState.EXITED,

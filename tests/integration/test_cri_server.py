@@ -289,6 +289,13 @@ async def test_malformed_requests_get_their_code_and_leave_nothing(
     assert await code_of(client.runtime.RunPodSandbox(no_metadata)) == grpc.StatusCode.INVALID_ARGUMENT
     bad_handler = cri.RunPodSandboxRequest(config=pod_config(tmp_path / "l", "x"), runtime_handler="runc")
     assert await code_of(client.runtime.RunPodSandbox(bad_handler)) == grpc.StatusCode.INVALID_ARGUMENT
+    host_network = pod_config(tmp_path / "l", "hostnet")
+    host_network.linux.security_context.namespace_options.network = cri.NODE
+    bad_hostname = pod_config(tmp_path / "l", "badhost")
+    bad_hostname.hostname = "not_a_hostname"
+    for refused in (host_network, bad_hostname):
+        request = cri.RunPodSandboxRequest(config=refused)
+        assert await code_of(client.runtime.RunPodSandbox(request)) == grpc.StatusCode.INVALID_ARGUMENT
     assert not (await client.runtime.ListPodSandbox(cri.ListPodSandboxRequest())).items
 
     unknown_pod = cri.CreateContainerRequest(
@@ -308,16 +315,27 @@ async def test_malformed_requests_get_their_code_and_leave_nothing(
         for key, value in changes.items():
             if hasattr(value, "DESCRIPTOR"):
                 getattr(container, key).CopyFrom(value)
+            elif isinstance(value, list):
+                getattr(container, key).extend(value)
             else:
                 setattr(container, key, value)
         return cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container)
 
     absurd = cri.LinuxContainerConfig(resources=cri.LinuxContainerResources(memory_limit_in_bytes=1 << 60))
     cases = [
-        (request("second"), grpc.StatusCode.FAILED_PRECONDITION),  # one live container per pod
         (request("logs", log_path="../../escape.log"), grpc.StatusCode.INVALID_ARGUMENT),
         (request("logs", log_path="/abs.log"), grpc.StatusCode.INVALID_ARGUMENT),
         (request("noimage", image=cri.ImageSpec()), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            request("imagevolume", mounts=[cri.Mount(container_path="/data", image=cri.ImageSpec(image=IMAGE_NAME))]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            request("readonlyroot", linux=cri.LinuxContainerConfig(
+                security_context=cri.LinuxContainerSecurityContext(readonly_rootfs=True)
+            )),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ]
     for bad, expected in cases:
         assert await code_of(client.runtime.CreateContainer(bad)) == expected, bad.config.metadata.name

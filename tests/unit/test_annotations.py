@@ -165,3 +165,13 @@ def test_guest_configuration_keys() -> None:
 def test_guest_configuration_refusals(annotations, message) -> None:
     with pytest.raises(InvalidArgument, match=message):
         parse_annotations(annotations, {})
+
+
+def test_command_exit_defaults_to_the_node_and_is_checked() -> None:
+    from qmprt.pod.annotations import COMMAND_EXIT
+
+    assert parse_annotations({}, {}).command_exit is None  # the node's vm.command_exit decides
+    assert parse_annotations({}, {COMMAND_EXIT: "poweroff"}).command_exit == "poweroff"
+    assert parse_annotations({COMMAND_EXIT: "keep"}, {COMMAND_EXIT: "poweroff"}).command_exit == "keep"
+    with pytest.raises(InvalidArgument, match="keep, poweroff"):
+        parse_annotations({COMMAND_EXIT: "halt"}, {})

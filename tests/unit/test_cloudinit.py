@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pycdlib
 import pytest
+import yaml
 
 from qmprt.cloudinit import (
     COMMAND_PATH,
@@ -31,6 +32,9 @@ from qmprt.cloudinit import (
     SeedFormat,
     SeedMount,
     SeedSpec,
+    COMMAND_EXIT_MARKER,
+    check_hostname,
+    hostname_from_name,
     mount_command,
     render_command_script,
     render_environment,
@@ -249,7 +253,63 @@ def test_command_script_quotes_argv(tmp_path: Path) -> None:
     assert script.startswith("#!/bin/sh\n") and script.endswith("\n")
 
 
-def test_no_command_no_runcmd() -> None:
+@pytest.mark.parametrize("code", [0, 3], ids=["success", "failure"])
+def test_a_job_script_reports_its_status_then_powers_off(tmp_path: Path, code: int) -> None:
+    script = render_command_script(("sh", "-c", f"printf partial; exit {code}"), "/tmp", power_off_after=True).decode()
+    runnable = script.replace(f". {ENVIRONMENT_PATH}", ":").replace("\npoweroff\n", "\necho powered-off\n")
+    (tmp_path / "command.sh").write_text(runnable)
+    result = subprocess.run(["/bin/sh", str(tmp_path / "command.sh")], capture_output=True, check=True)
+    assert result.stdout.decode() == f"partial\n{COMMAND_EXIT_MARKER}{code}\npowered-off\n"
+    assert "cd '/tmp' || exit 1" in script and "exec" not in script
+
+
+def test_working_dir_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="working directory"):
+        render_command_script(("true",), "relative")
+    assert "cd '/srv/my app'" in render_command_script(("true",), "/srv/my app").decode()
+
+
+def test_sysctls_are_bootcmd_before_the_mounts() -> None:
+    spec = SeedSpec(
+        instance_id="i", hostname="h", sysctls={"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"},
+        mounts=(SeedMount(tag="data", path="/data"),),
+    )
+    bootcmd = yaml.safe_load(render_user_data(spec))["bootcmd"]
+    assert bootcmd[:2] == ["sysctl -w 'kernel.shm_rmid_forced=1'", "sysctl -w 'net.ipv4.ip_forward=1'"]
+    assert bootcmd[2].startswith("mkdir -p '/data'")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("kernel.x;reboot", "1"), ("", "1"), ("a" * 300, "1"), ("kernel.x", ""), ("kernel.x", "1\nreboot"),
+     ("kernel.x", "v" * 5000), ("net.'x", "1")],
+    ids=["shell-metachar", "empty-key", "long-key", "empty-value", "newline", "long-value", "quote"],
+)
+def test_bad_sysctls_rejected(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match="sysctl"):
+        render_user_data(SeedSpec(instance_id="i", hostname="h", sysctls={key: value}))
+
+
+@pytest.mark.parametrize(
+    ("name", "hostname"),
+    [
+        ("create-PodSandbox-for-container-7b3f4c1e-1d8a-4b47-9f1a-2e3c4d5e6f70",
+         "create-podsandbox-for-container-7b3f4c1e-1d8a-4b47-9f1a-2e3c4d5"),
+        ("web-1", "web-1"),
+        ("My_Pod", "my-pod"),
+        ("---", "pod"),
+        ("", "pod"),
+        ("a.b." + "c" * 70, "a.b"),
+        ("web..site.example", "web.site.example"),
+        ("-x-", "x"),
+    ],
+    ids=["critest", "valid", "underscore", "only-dashes", "empty", "long-last-label", "empty-label", "edge-dashes"],
+)
+def test_hostname_from_name_is_always_valid(name: str, hostname: str) -> None:
+    derived = hostname_from_name(name)
+    assert derived == hostname
+    assert check_hostname(derived) == derived and len(derived) <= 63
+
     user_data = render_user_data(SeedSpec(instance_id="i", hostname="h"))
     assert b"runcmd" not in user_data and COMMAND_PATH.encode() not in user_data
 

@@ -57,3 +57,14 @@ def test_image_table_reaches_the_store(tmp_path, monkeypatch) -> None:
     bad.write_text("[image]\nmax_virtual_size_bytes = 'huge'\n")
     with pytest.raises(InvalidArgument):
         open_store(config.load(bad, state_dir=str(tmp_path / "state2")))
+
+
+def test_a_socket_elsewhere_takes_the_run_dir_with_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("QMPRT_RUN_DIR", raising=False)
+    moved = config.load(socket=str(tmp_path / "sock" / "qmprt.sock"), state_dir=str(tmp_path / "state"))
+    assert moved.runtime.run_dir == str(tmp_path / "sock" / "run")
+    assert config.load(state_dir=str(tmp_path / "state")).runtime.run_dir == "/run/qmprt"
+    named = config.load(socket=str(tmp_path / "s.sock"), run_dir=str(tmp_path / "r"))
+    assert named.runtime.run_dir == str(tmp_path / "r")
+    (tmp_path / "c.toml").write_text(f'[runtime]\nsocket = "{tmp_path}/s.sock"\nrun_dir = "{tmp_path}/mine"\n')
+    assert config.load(tmp_path / "c.toml").runtime.run_dir == f"{tmp_path}/mine"

@@ -1,7 +1,7 @@
 """An in-memory Runtime with the pod layer's interface, for driving the real gRPC server fast.
 
 It keeps the pod layer's rules that the CRI layer relies on (prefix ids, NotFound on lookups,
-idempotent stop/remove, one live container per sandbox, images must be present) and nothing else.
+idempotent stop/remove, one running container per sandbox, images must be present) and nothing else.
 ``fail_next[method] = exc`` makes the next call of ``method`` raise ``exc``; ``calls`` records every
 call with its arguments so tests can check what the CRI layer passed down.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.image import FsUsage, ImageRecord
+from qmprt.pod.metrics import ContainerMetricsInfo, MetricSample, SandboxMetricsInfo
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.types import (
@@ -195,10 +196,6 @@ class FakeRuntime:
         sandbox: SandboxInfo = self._lookup(self.sandboxes, sandbox_id, "sandbox")
         if sandbox.status.state != SandboxState.READY:
             raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready")
-        for other in self.containers.values():
-            live = other.status.state in (ContainerState.CREATED, ContainerState.RUNNING)
-            if other.sandbox_id == sandbox.id and live:
-                raise FailedPrecondition(f"sandbox {sandbox.id[:12]} already has a live container {other.id[:12]}")
         image = self.images.resolve(spec.image)
         if image is None:
             raise NotFound(f"image {spec.image!r} is not present on this node: pull it first")
@@ -222,6 +219,9 @@ class FakeRuntime:
         info: ContainerInfo = self._lookup(self.containers, container_id, "container")
         if info.status.state != ContainerState.CREATED:
             raise FailedPrecondition(f"container {info.id[:12]} is {info.status.state.value}, not created")
+        for other in self.containers.values():
+            if other.sandbox_id == info.sandbox_id and other.status.state == ContainerState.RUNNING:
+                raise FailedPrecondition(f"sandbox {info.sandbox_id[:12]} already runs container {other.id[:12]}")
         self._set_status(info, state=ContainerState.RUNNING, started_at_ns=time.time_ns())
 
     async def stop_container(self, container_id: str, timeout_s: int) -> None:
@@ -283,6 +283,24 @@ class FakeRuntime:
         self.containers[info.id] = dataclasses.replace(info, spec=dataclasses.replace(info.spec, resources=resources))
 
     # -- stats --------------------------------------------------------------------------------------
+
+    async def list_sandbox_metrics(self) -> list[SandboxMetricsInfo]:
+        """One network sample per pod and one CPU sample per running container, with made-up values."""
+        self._enter("list_sandbox_metrics")
+        found = []
+        for sandbox in self.sandboxes.values():
+            base = ("POD", sandbox.id, "", sandbox.spec.metadata.namespace, sandbox.spec.metadata.name)
+            pod_sample = MetricSample("container_network_receive_bytes_total", "counter", (*base, "eth0"), 1, 1)
+            containers = tuple(
+                ContainerMetricsInfo(
+                    c.id,
+                    (MetricSample("container_cpu_usage_seconds_total", "counter", (c.spec.metadata.name, c.id, c.spec.image, *base[3:]), 2, 1),),
+                )
+                for c in self.containers.values()
+                if c.sandbox_id == sandbox.id and c.status.state == ContainerState.RUNNING
+            )
+            found.append(SandboxMetricsInfo(sandbox.id, (pod_sample,), containers))
+        return found
 
     def _stats(self, info: ContainerInfo) -> ContainerStatsInfo:
         return ContainerStatsInfo(

@@ -62,14 +62,16 @@ async def test_create_in_unknown_sandbox_is_not_found(client: Client, fake: Fake
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_second_live_container_is_a_failed_precondition(client: Client, fake: FakeRuntime) -> None:
+async def test_a_second_running_container_is_a_failed_precondition(client: Client, fake: FakeRuntime) -> None:
     pod_id = await run_pod(client)
-    await create_container(client, fake, pod_id)
+    first = await create_container(client, fake, pod_id)
     request = cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container_config("second"))
-    code, details = await status_of(client.runtime.CreateContainer(request))
+    second = (await client.runtime.CreateContainer(request)).container_id
+    await client.runtime.StartContainer(cri.StartContainerRequest(container_id=first))
+    code, details = await status_of(client.runtime.StartContainer(cri.StartContainerRequest(container_id=second)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "live container" in details
-    assert len(fake.containers) == 1
+    assert "already runs" in details
+    assert len(fake.containers) == 2
 
 
 async def test_lifecycle_and_status_fields(client: Client, fake: FakeRuntime) -> None:

@@ -48,3 +48,32 @@ def test_infer_unwatched_exit(console: bytes, qemu_log: str, expected: dict[str,
     from qmprt.vm.machine import infer_unwatched_exit
 
     assert infer_unwatched_exit(console, qemu_log) == expected
+
+
+MARKER = "qmprt: command exited with status "
+POWER_OFF = {"returncode": 0, "shutdown_reason": "guest-shutdown", "shutdown_by_guest": True}
+
+
+@pytest.mark.parametrize(
+    ("console", "marker", "code", "reason"),
+    [
+        (b"hi\r\nqmprt: command exited with status 3\r\n[ 4.0] reboot: Power down\r\n", MARKER, 3, "Error"),
+        (b"qmprt: command exited with status 0\n", MARKER, 0, "Completed"),
+        (b"qmprt: command exited with status 1\r\nqmprt: command exited with status 7\r\n", MARKER, 7, "Error"),
+        (b"qmprt: command exited with status 3\r\n", "", 0, "Completed"),
+        (b"echo qmprt: command exited with status 3\r\n", MARKER, 0, "Completed"),
+        (b"qmprt: command exited with status 999\r\n", MARKER, 0, "Completed"),
+        (b"no marker\r\n", MARKER, 0, "Completed"),
+    ],
+    ids=["job-failed", "job-done", "last-marker-wins", "not-a-job", "marker-mid-line", "out-of-range", "no-marker"],
+)
+def test_a_jobs_power_off_takes_the_reported_status(console: bytes, marker: str, code: int, reason: str) -> None:
+    verdict = classify_exit(**{**BASE, **POWER_OFF}, console_tail=console, exit_status_marker=marker)  # type: ignore[arg-type]
+    assert (verdict.exit_code, verdict.reason) == (code, reason)
+
+
+def test_the_marker_does_not_count_when_qemu_was_killed() -> None:
+    verdict = classify_exit(
+        **{**BASE, "returncode": -9}, console_tail=b"qmprt: command exited with status 0\n", exit_status_marker=MARKER
+    )  # type: ignore[arg-type]
+    assert verdict.exit_code == 137
