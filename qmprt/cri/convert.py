@@ -187,7 +187,10 @@ def _mount(mount: cri.Mount) -> MountSpec:
             f"mounts: {mount.container_path!r} is recursive_read_only with propagation "
             f"{cri.MountPropagation.Name(mount.propagation)}: recursive read-only mounts need PROPAGATION_PRIVATE"
         )
-    return MountSpec(container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly)
+    return MountSpec(
+        container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly,
+        propagation=cri.MountPropagation.Name(mount.propagation),
+    )
 
 
 def _port_mapping(mapping: cri.PortMapping) -> PortMapping:
@@ -358,7 +361,10 @@ def container_status(info: ContainerInfo) -> cri.ContainerStatus:
         labels=dict(spec.labels),
         annotations=dict(spec.annotations),
         mounts=[
-            cri.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly)
+            cri.Mount(
+                container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                propagation=cri.MountPropagation.Value(m.propagation),
+            )
             for m in spec.mounts
         ],
         log_path=info.log_path,

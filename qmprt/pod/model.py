@@ -106,6 +106,9 @@ class MountSpec:
     container_path: str
     host_path: str
     readonly: bool = False
+    # As asked, and reported back in ContainerStatus; a virtiofs share shows what the host sees in
+    # the directory, but nothing the guest mounts ever reaches the host.
+    propagation: str = "PROPAGATION_PRIVATE"
 
 
 @dataclass(frozen=True)

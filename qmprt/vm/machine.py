@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 METADATA_VERSION = 1
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 EXIT_SETTLE_SECONDS = 2.0
+POWERDOWN_REPEAT_SECONDS = 2.0  # between presses of the power button during a stop's grace period
+SHUTDOWN_COMMAND_SECONDS = 2.0  # a monitor command of a stop step that gets no answer is given up
 
 
 class CgroupLike(Protocol):
@@ -525,27 +527,41 @@ class VM:
             if step > allow:
                 raise ShutdownError(f"VM {self.vm_id} did not stop with {ShutdownStep(allow).name}", step.name)
             self._record_step(step)
-            await self._shutdown_step(step)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exited.wait()), wait)
+            if await self._step_and_wait(step, wait):
                 return step
-            except asyncio.TimeoutError:
-                log.warning("VM %s still running %.1f s after %s", self.vm_id, wait, step.name)
+            log.warning("VM %s still running %.1f s after %s", self.vm_id, wait, step.name)
         raise ShutdownError(f"VM {self.vm_id} survived SIGKILL", ShutdownStep.KILL.name)
+
+    async def _step_and_wait(self, step: ShutdownStep, wait: float) -> bool:
+        """Take ``step``, then wait up to ``wait`` s for the exit. The power button is pressed again
+        every ``POWERDOWN_REPEAT_SECONDS``: a press before the guest's ACPI handler runs (a VM still
+        booting) is lost, and a guest that is shutting down ignores the next one."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            await self._shutdown_step(step)
+            remaining = deadline - asyncio.get_running_loop().time()
+            pause = min(remaining, POWERDOWN_REPEAT_SECONDS) if step == ShutdownStep.POWERDOWN else remaining
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited.wait()), max(pause, 0))
+                return True
+            except asyncio.TimeoutError:
+                if pause >= remaining:
+                    return False
 
     def _record_step(self, step: ShutdownStep) -> None:
         self._status.update(lambda status: dataclasses.replace(status, shutdown_step=int(step)))
 
     async def _shutdown_step(self, step: ShutdownStep) -> None:
         try:
+            # A frozen QEMU never answers: each command gets a deadline so the stop moves on.
             if step == ShutdownStep.POWERDOWN and self.monitor is not None:
-                await self.monitor.execute("system_powerdown")
+                await asyncio.wait_for(self.monitor.execute("system_powerdown"), SHUTDOWN_COMMAND_SECONDS)
             elif step == ShutdownStep.QUIT and self.monitor is not None:
-                await self.monitor.execute("quit")
+                await asyncio.wait_for(self.monitor.execute("quit"), SHUTDOWN_COMMAND_SECONDS)
             elif step == ShutdownStep.KILL:
                 self._kill_process()
-        except (Unavailable, VMError) as err:
-            log.info("VM %s: %s: %s", self.vm_id, step.name, err)
+        except (Unavailable, VMError, asyncio.TimeoutError) as err:
+            log.info("VM %s: %s: %s", self.vm_id, step.name, err or "no answer from the monitor")
 
     def _kill_process(self) -> None:
         status = self.status

@@ -120,6 +120,30 @@ async def test_unresponsive_guest_escalates(tiny, tmp_path, run_dir, vms, vm_tag
     assert "did not power off" in vm.status.message
 
 
+async def test_a_stop_while_the_guest_boots_is_a_power_off(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    """The first power-button press comes before the guest's acpid runs; a later one is heard."""
+    vm_id = f"{vm_tag}-early"
+    cgroup = make_cgroup(cgroup_driver, vm_id)
+    vm = await VM.start(vm_config(tiny, tmp_path / vm_id, vm_id, "q35-direct", None), tmp_path / vm_id,
+                        run_dir / vm_id, cgroup=cgroup)
+    vms.append(vm)
+    started = time.monotonic()
+    assert await vm.stop(grace=60) == ShutdownStep.POWERDOWN
+    assert time.monotonic() - started < 30, "the stop waited for the grace period instead of pressing again"
+    assert (vm.status.exit_code, vm.status.reason) == (0, "Completed")
+
+
+async def test_a_frozen_qemu_is_stopped_within_its_bounds(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    """SIGSTOP: the monitor never answers, so each step's command times out and SIGKILL ends it."""
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-frozen")
+    assert vm.status.pid is not None
+    psutil.Process(vm.status.pid).suspend()
+    started = time.monotonic()
+    assert await vm.stop(grace=1) == ShutdownStep.KILL
+    assert time.monotonic() - started < 1 + 2 + 5 + 2 + 10
+    assert vm.status.exit_code == 137
+
+
 def _start_in_child(config_json: str, state_dir: Path, run_dir: Path, cgroup_path: str, log: Path) -> subprocess.Popen[str]:
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("supervisor_child.py")), config_json,

@@ -194,3 +194,10 @@ def test_container_confinement_settings_kubelet_sends_are_accepted() -> None:
         )
     )
     assert spec.mounts[0].readonly
+
+
+def test_mount_propagation_round_trips_to_the_status() -> None:
+    spec = convert.container_spec(
+        _container(mounts=[cri.Mount(container_path="/d", host_path="/h", propagation=cri.PROPAGATION_HOST_TO_CONTAINER)])
+    )
+    assert spec.mounts[0].propagation == "PROPAGATION_HOST_TO_CONTAINER"
