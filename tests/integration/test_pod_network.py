@@ -383,6 +383,14 @@ def test_two_vm_pods_on_the_cluster_network(node: Node, kubelet: Kubelet, layout
             assert "mtu 1450" in kubelet.exec(first, "ip", "link", "show", "eth0").stdout.decode()
             # hostPort: the node's own address, port HOST_PORT, DNATed by portmap to the guest's port.
             assert f"hello from {first.name}" in node.http_get("10.98.255.1", HOST_PORT)
+        # The pod's network metrics count the guest's traffic on the CNI interface, in both modes.
+        pods = kubelet.runtime.ListPodSandboxMetrics(cri.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
+        network = {
+            (m.name, m.label_values[-1]): m.value.value for p in pods if p.pod_sandbox_id == first.sandbox_id
+            for m in p.metrics
+        }
+        assert network[("container_network_receive_bytes_total", "eth0")] > 1000, network
+        assert network[("container_network_transmit_packets_total", "eth0")] > 2, network
     finally:
         kubelet.remove(first)
         kubelet.remove(second)
