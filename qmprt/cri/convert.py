@@ -8,6 +8,7 @@ key by key and never normalised, so they round-trip byte for byte.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as cri
 
 from qmprt.cloudinit import check_hostname
+from qmprt.cri import validate
 from qmprt.errors import InvalidArgument
 from qmprt.image import ImageRecord
 from qmprt.pod.metrics import DESCRIPTORS, MetricSample, SandboxMetricsInfo
@@ -77,11 +79,13 @@ def sandbox_spec(config: cri.PodSandboxConfig, runtime_handler: str) -> SandboxS
     if not config.HasField("metadata"):
         raise InvalidArgument("the pod sandbox config has no metadata: name, namespace and uid are required")
     metadata = config.metadata
-    for field in ("name", "namespace", "uid"):
+    for field, limit in (("name", validate.NAME_MAX), ("namespace", validate.NAME_MAX), ("uid", validate.UID_MAX)):
         if not getattr(metadata, field):
             raise InvalidArgument(
                 f"the pod sandbox config's metadata.{field} is empty (name, namespace and uid are required)"
             )
+        validate.text(getattr(metadata, field), f"metadata.{field}", limit)
+    validate.text(config.log_directory, "log_directory")
     if config.log_directory and not os.path.isabs(config.log_directory):
         raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
     if config.hostname:
@@ -91,19 +95,24 @@ def sandbox_spec(config: cri.PodSandboxConfig, runtime_handler: str) -> SandboxS
             check_hostname(config.hostname)
         except ValueError as err:
             raise InvalidArgument(f"the pod sandbox config's hostname: {err}") from err
+    validate.metadata_maps(config.labels, config.annotations, "")
+    validate.list_length(config.port_mappings, "port_mappings")
+    dns = config.dns_config
+    for field in ("servers", "searches", "options"):
+        validate.list_length(getattr(dns, field), "dns_config")
+        for index, value in enumerate(getattr(dns, field)):
+            validate.text(value, f"dns_config.{field}[{index}]", validate.NAME_MAX)
     linux = config.linux
-    check_sandbox_security(linux.security_context)
+    validate.text(linux.cgroup_parent, "linux.cgroup_parent")
+    validate.check_sandbox_security(linux.security_context)
+    validate.metadata_maps(linux.sysctls, {}, "linux.sysctls as ")
     return SandboxSpec(
         metadata=SandboxMetadata(
             name=metadata.name, uid=metadata.uid, namespace=metadata.namespace, attempt=metadata.attempt
         ),
         hostname=config.hostname,
         log_directory=config.log_directory,
-        dns=DNSSettings(
-            servers=tuple(config.dns_config.servers),
-            searches=tuple(config.dns_config.searches),
-            options=tuple(config.dns_config.options),
-        ),
+        dns=DNSSettings(servers=tuple(dns.servers), searches=tuple(dns.searches), options=tuple(dns.options)),
         port_mappings=tuple(_port_mapping(mapping) for mapping in config.port_mappings),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
@@ -115,69 +124,12 @@ def sandbox_spec(config: cri.PodSandboxConfig, runtime_handler: str) -> SandboxS
     )
 
 
-# -- what a VM pod does with Linux security settings (docs/conformance.md has the table) -----------
-# A VM is its own kernel: the settings that confine a process on the host kernel (capabilities,
-# seccomp, AppArmor, SELinux, masked and read-only paths, no_new_privs, privileged, the user to run
-# as) have no host process to apply to and are ignored; kubelet sends some of them for every pod.
-# What a VM cannot be - one sharing the node's network, PID or IPC namespace - is refused, as is
-# a combination every runtime refuses.
-
-_NAMESPACES = {"network": "hostNetwork", "pid": "hostPID", "ipc": "hostIPC"}
-
-
-def _check_namespaces(options: cri.NamespaceOption, where: str) -> None:
-    for field, pod_field in _NAMESPACES.items():
-        if getattr(options, field) == cri.NODE:
-            raise InvalidArgument(
-                f"{where}.namespace_options.{field} is NODE ({pod_field}: true): a VM pod has its own kernel "
-                f"and cannot share the node's {field} namespace; run this pod with a container runtime"
-            )
-    if not options.HasField("userns_options"):
-        return
-    userns = options.userns_options
-    if userns.mode in (cri.CONTAINER, cri.TARGET):
-        raise InvalidArgument(
-            f"{where}.namespace_options.userns_options.mode {cri.NamespaceMode.Name(userns.mode)} is not "
-            "supported: give POD or NODE"
-        )
-    if userns.mode == cri.POD:
-        # The guest's users never map to the node's; the mapping is checked as every runtime does and
-        # has no effect in the VM.
-        for kind, mappings in (("uids", userns.uids), ("gids", userns.gids)):
-            if len(mappings) != 1:
-                raise InvalidArgument(
-                    f"{where}.namespace_options.userns_options.{kind}: give exactly one mapping, not {len(mappings)}"
-                )
-            if mappings[0].container_id != 0 or mappings[0].length == 0:
-                raise InvalidArgument(
-                    f"{where}.namespace_options.userns_options.{kind}: the mapping must start at container id 0 "
-                    "and have a length"
-                )
-    elif userns.uids or userns.gids:
-        raise InvalidArgument(f"{where}.namespace_options.userns_options: mappings need mode POD")
-
-
-def check_sandbox_security(context: cri.LinuxSandboxSecurityContext) -> None:
-    _check_namespaces(context.namespace_options, "linux.security_context")
-    if context.HasField("run_as_group") and not context.HasField("run_as_user"):
-        raise InvalidArgument("linux.security_context.run_as_group is set without run_as_user")
-
-
-def check_container_security(context: cri.LinuxContainerSecurityContext) -> None:
-    _check_namespaces(context.namespace_options, "linux.security_context")
-    if context.HasField("run_as_group") and not (context.HasField("run_as_user") or context.run_as_username):
-        raise InvalidArgument("linux.security_context.run_as_group is set without run_as_user or run_as_username")
-    if context.readonly_rootfs:
-        raise InvalidArgument(
-            "linux.security_context.readonly_rootfs: a VM's root disk holds its guest operating system, "
-            "which needs to write to it; qmprt cannot boot it read-only (mount read-only volumes instead)"
-        )
-
-
 def _mount(mount: cri.Mount) -> MountSpec:
+    validate.text(mount.container_path, "mounts: container_path")
+    validate.text(mount.host_path, "mounts: host_path")
     if mount.HasField("image") and mount.image.image:
         raise InvalidArgument(
-            f"mounts: {mount.container_path!r} is an image volume ({mount.image.image}): qmprt does not "
+            f"mounts: {mount.container_path!r} is an image volume ({mount.image.image[:200]}): qmprt does not "
             "mount images into VM pods; put the files on a volume (configMap, PVC, hostPath) instead"
         )
     if mount.recursive_read_only and not mount.readonly:
@@ -185,11 +137,32 @@ def _mount(mount: cri.Mount) -> MountSpec:
     if mount.recursive_read_only and mount.propagation != cri.PROPAGATION_PRIVATE:
         raise InvalidArgument(
             f"mounts: {mount.container_path!r} is recursive_read_only with propagation "
-            f"{cri.MountPropagation.Name(mount.propagation)}: recursive read-only mounts need PROPAGATION_PRIVATE"
+            f"{_enum_name(cri.MountPropagation, mount.propagation)}: recursive read-only mounts need "
+            "PROPAGATION_PRIVATE"
         )
     return MountSpec(
         container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly,
-        propagation=cri.MountPropagation.Name(mount.propagation),
+        propagation=_enum_name(cri.MountPropagation, mount.propagation, "mounts: propagation"),
+    )
+
+
+def _enum_name(enum: Any, value: int, field: str = "") -> str:
+    try:
+        return str(enum.Name(value))
+    except ValueError as err:
+        raise InvalidArgument(f"{field or enum.DESCRIPTOR.name}: {value} is not one of {', '.join(enum.keys())}") from err
+
+
+def _device(device: cri.Device) -> DeviceSpec:
+    for field in ("container_path", "host_path"):
+        path = validate.text(getattr(device, field), f"devices: {field}")
+        if not os.path.isabs(path):
+            raise InvalidArgument(f"devices: {field} {path[:200]!r} must be an absolute path")
+    validate.text(device.permissions, "devices: permissions", 3)
+    if device.permissions.strip("rwm"):
+        raise InvalidArgument(f"devices: permissions {device.permissions!r} may hold only r, w and m")
+    return DeviceSpec(
+        container_path=device.container_path, host_path=device.host_path, permissions=device.permissions or "rwm"
     )
 
 
@@ -198,8 +171,13 @@ def _port_mapping(mapping: cri.PortMapping) -> PortMapping:
         raise InvalidArgument(f"port_mappings: container_port {mapping.container_port} is not a port (1-65535)")
     if not 0 <= mapping.host_port < 65536:
         raise InvalidArgument(f"port_mappings: host_port {mapping.host_port} is not a port (0-65535)")
+    if mapping.host_ip:
+        try:
+            ipaddress.ip_address(mapping.host_ip)
+        except ValueError as err:
+            raise InvalidArgument(f"port_mappings: host_ip {mapping.host_ip[:80]!r} is not an IP address") from err
     return PortMapping(
-        protocol=cri.Protocol.Name(mapping.protocol),
+        protocol=_enum_name(cri.Protocol, mapping.protocol, "port_mappings: protocol"),
         container_port=mapping.container_port,
         host_port=mapping.host_port,
         host_ip=mapping.host_ip,
@@ -211,18 +189,26 @@ def container_spec(config: cri.ContainerConfig) -> ContainerSpec:
         raise InvalidArgument("the container config has no metadata: metadata.name is required")
     if not config.metadata.name:
         raise InvalidArgument("the container config's metadata.name is empty")
+    validate.text(config.metadata.name, "metadata.name", validate.NAME_MAX)
     if not config.image.image:
         raise InvalidArgument("the container config names no image: image.image is empty")
-    log_path = config.log_path
+    validate.text(config.image.image, "image.image")
+    log_path = validate.text(config.log_path, "log_path")
     if os.path.isabs(log_path) or ".." in log_path.split("/"):
         raise InvalidArgument(
             f"log_path {log_path!r} must be relative to the sandbox's log_directory, without '..'"
         )
+    validate.text(config.working_dir, "working_dir")
+    for field in ("envs", "mounts", "devices", "command", "args"):
+        validate.list_length(getattr(config, field), field)
     for env in config.envs:
+        validate.text(env.key, "envs: a key", validate.NAME_MAX)
         if not env.key or "=" in env.key:
             raise InvalidArgument(f"envs: {env.key!r} is not an environment variable name")
+    validate.argv_size(config.command, config.args, ((env.key, env.value) for env in config.envs))
+    validate.metadata_maps(config.labels, config.annotations, "")
     linux = config.linux
-    check_container_security(linux.security_context)
+    validate.check_container_security(linux.security_context)
     return ContainerSpec(
         metadata=ContainerMetadata(name=config.metadata.name, attempt=config.metadata.attempt),
         image=config.image.image,
@@ -231,10 +217,7 @@ def container_spec(config: cri.ContainerConfig) -> ContainerSpec:
         working_dir=config.working_dir,
         envs=tuple((env.key, env.value) for env in config.envs),
         mounts=tuple(_mount(m) for m in config.mounts),
-        devices=tuple(
-            DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions or "rwm")
-            for d in config.devices
-        ),
+        devices=tuple(_device(d) for d in config.devices),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         log_path=log_path,
@@ -253,6 +236,7 @@ def resources(linux: cri.LinuxContainerResources, where: str) -> Resources:
         raise InvalidArgument(f"{where}.cpu_quota must be -1 (no limit), 0 (unset) or positive")
     if linux.cpu_quota > 0 and linux.cpu_period == 0:
         raise InvalidArgument(f"{where}.cpu_quota is set without cpu_period")
+    validate.resources(linux, where)
     return Resources(
         cpu_period=linux.cpu_period,
         cpu_quota=linux.cpu_quota,

@@ -1,8 +1,7 @@
 """RuntimeService calls about the runtime itself: Version, Status, RuntimeConfig, UpdateRuntimeConfig.
 
 Also the RPCs of the proto that qmprt does not serve, each with the answer a real runtime gives:
-UNIMPLEMENTED where kubelet tolerates it (events, checkpoints, pod-level resize), an empty valid
-answer for the metrics calls (nothing to describe).
+UNIMPLEMENTED where kubelet tolerates it (events, checkpoints, pod-level resize).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
+from qmprt.cri import validate
 from qmprt.cri.backend import Handlers
 
 CRI_VERSION = "0.1.0"  # the kubelet refuses a runtime that answers anything else
@@ -78,7 +78,7 @@ class RuntimeInfoHandlers(Handlers):
     async def UpdateRuntimeConfig(
         self, request: cri.UpdateRuntimeConfigRequest, context: Any
     ) -> cri.UpdateRuntimeConfigResponse:
-        self.runtime.update_runtime_config(request.runtime_config.network_config.pod_cidr)
+        self.runtime.update_runtime_config(validate.pod_cidr(request.runtime_config.network_config.pod_cidr))
         return cri.UpdateRuntimeConfigResponse()
 
     # -- not served ---------------------------------------------------------------------------------

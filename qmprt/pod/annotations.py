@@ -140,6 +140,15 @@ class QmprtAnnotations:
             )
         return self.numa_nodes
 
+    def check_data_volumes(self, max_bytes: int) -> None:
+        """Each ephemeral data disk within the node's limit for one disk (image.max_virtual_size_bytes)."""
+        for size in self.data_volume_sizes:
+            if size > max_bytes:
+                raise InvalidArgument(
+                    f"annotation {DATA_VOLUMES}: a {size}-byte disk is above the limit of {max_bytes} bytes "
+                    "(image.max_virtual_size_bytes)"
+                )
+
     def check_root_volume(self, image_virtual_size: int, max_bytes: int) -> int:
         """The root disk size, refused when smaller than the image or above the limit."""
         assert self.root_volume_size_bytes is not None
@@ -227,7 +236,7 @@ def _positive_int(annotations: Mapping[str, str], key: str) -> int | None:
     text = annotations.get(key)
     if text is None:
         return None
-    if not re.fullmatch(r"[0-9]{1,4}", text.strip()) or int(text) < 1:
+    if not re.fullmatch(r"[0-9]{1,4}", text) or int(text) < 1:
         raise InvalidArgument(f"annotation {key}={text!r}: give a positive whole number, e.g. \"2\"")
     return int(text)
 
@@ -238,8 +247,8 @@ _ISCSI_OPTIONAL = ("lun", "user", "secret_mount")
 
 
 def _choice(annotations: Mapping[str, str], key: str, allowed: tuple[str, ...]) -> str:
-    value = annotations.get(key, allowed[0]).strip()
-    if value not in allowed:
+    value = annotations.get(key, allowed[0])
+    if value not in allowed:  # exactly: "poweroff\n" is a typo, not poweroff
         raise InvalidArgument(f"annotation {key}={value!r}: give one of {', '.join(allowed)}")
     return value
 
@@ -265,6 +274,8 @@ def _sizes(text: str) -> tuple[int, ...]:
             raise InvalidArgument(f"annotation {DATA_VOLUMES}: {err}; give sizes like 10Gi,512Mi or 3x1Gi") from err
         if size < 1 << 20:
             raise InvalidArgument(f"annotation {DATA_VOLUMES}: {item!r} is under 1Mi")
+        if len(count) > 3 or len(sizes) + int(count) > MAX_DATA_VOLUMES:
+            raise InvalidArgument(f"annotation {DATA_VOLUMES}: more than {MAX_DATA_VOLUMES} volumes; at most {MAX_DATA_VOLUMES}")
         sizes += [size] * int(count)
     if len(sizes) > MAX_DATA_VOLUMES:
         raise InvalidArgument(f"annotation {DATA_VOLUMES}: {len(sizes)} volumes; at most {MAX_DATA_VOLUMES}")

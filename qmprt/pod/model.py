@@ -156,6 +156,11 @@ class ContainerSpec:
         )
 
 
+def metadata_bytes(labels: Mapping[str, str], annotations: Mapping[str, str]) -> int:
+    """What an object's labels and annotations add to every list answer that carries it."""
+    return sum(len(key.encode()) + len(value.encode()) for entries in (labels, annotations) for key, value in entries.items())
+
+
 def _resources(document: Mapping[str, Any] | None) -> Resources | None:
     if document is None:
         return None

@@ -103,7 +103,10 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
     writer = None
     log_path = container.record.log_path
     if log_path and Path(log_path).parent.is_dir():
-        writer = CRILogWriter(log_path)
+        try:
+            writer = CRILogWriter(log_path)
+        except OSError as err:  # a symlink or FIFO put at the log path while qmprt was down
+            log.error("container %s: its log %s is not written: %s", container.id[:12], log_path, err)
     try:
         vm = await VM.adopt(container.directory, cgroup=cgroup, log_writer=writer)
     except QmprtError as err:

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qmprt import cgroups, state
 from qmprt.config import Config
-from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, best_effort
+from qmprt.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    best_effort,
+)
 from qmprt.image.overlay import create_overlay_async
 from qmprt.net import netns
 from qmprt.pod import guest, recovery
@@ -28,7 +36,7 @@ from qmprt.pod import resources as live_resources
 from qmprt.pod.metrics import SandboxMetricsInfo, sandbox_metrics
 from qmprt.pod.network import PodNetworks
 from qmprt.pod.annotations import network_wiring, parse_annotations
-from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec, metadata_bytes
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
 from qmprt.pod.sizing import size_vm
 from qmprt.pod.states import ContainerState, SandboxState
@@ -56,6 +64,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", Sandbox, Container)
+# Labels and annotations of every sandbox and container together: the list answers kubelet relists
+# every second carry all of them, and must stay well inside gRPC's 16 MiB message.
+METADATA_BUDGET_BYTES = 8 << 20
 FORCED_STOP_GRACE = 0.0
 
 
@@ -164,6 +175,9 @@ class Runtime:
         if spec.log_directory and not os.path.isabs(spec.log_directory):
             raise InvalidArgument(f"log_directory {spec.log_directory!r} must be an absolute path")
         wiring_mode = network_wiring(spec.annotations, self.config.cni.wiring)
+        if spec.cgroup_parent:
+            self._parent_path(spec.cgroup_parent)
+        self._check_metadata_budget(metadata_bytes(spec.labels, spec.annotations))
         key = (metadata.name, metadata.namespace, metadata.uid, metadata.attempt)
         if key in self._sandbox_names:
             raise AlreadyExists(
@@ -254,13 +268,26 @@ class Runtime:
             self.sandboxes.pop(sandbox.id, None)
         log.info("sandbox %s removed", sandbox.id[:12])
 
+    def _parent_path(self, cgroup_parent: str) -> str:
+        try:
+            return cgroups.parent_to_path(cgroup_parent, self.config.cgroups.driver)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise InvalidArgument(f"cgroup_parent: {err}") from err
+
     def sandbox_cgroup_path(self, sandbox: Sandbox) -> str:
         if sandbox.spec.cgroup_parent:
-            try:
-                return cgroups.parent_to_path(sandbox.spec.cgroup_parent, self.config.cgroups.driver)  # type: ignore[arg-type]
-            except ValueError as err:
-                raise InvalidArgument(f"cgroup_parent: {err}") from err
+            return self._parent_path(sandbox.spec.cgroup_parent)
         return f"{self.config.cgroups.root}/{sandbox.id[:16]}"
+
+    def _check_metadata_budget(self, adding: int) -> None:
+        used = sum(metadata_bytes(s.spec.labels, s.spec.annotations) for s in list(self.sandboxes.values()))
+        used += sum(metadata_bytes(c.spec.labels, c.spec.annotations) for c in list(self.containers.values()))
+        if used + adding > METADATA_BUDGET_BYTES:
+            raise ResourceExhausted(
+                f"the labels and annotations of all pods and containers would add up to {used + adding} bytes; "
+                f"qmprt keeps them under {METADATA_BUDGET_BYTES} bytes so that listing them always fits one "
+                "answer: remove pods, or shrink their annotations"
+            )
 
     def _delete_sandbox_cgroup(self, sandbox: Sandbox) -> None:
         if sandbox.spec.cgroup_parent:
@@ -291,6 +318,7 @@ class Runtime:
         if spec.log_path and not sandbox.spec.log_directory:
             raise InvalidArgument("log_path is set but the sandbox has no log_directory")
         requested = parse_annotations(spec.annotations, sandbox.spec.annotations)
+        self._check_metadata_budget(metadata_bytes(spec.labels, spec.annotations))
         async with sandbox.lock:
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready: it was stopped")
@@ -311,6 +339,7 @@ class Runtime:
                     f"annotation qmprt.io/boot={requested.boot}: image {spec.image!r} has no kernel attached; "
                     "import it with `qmprt ctl image import … --kernel K --initrd I --cmdline C`, or boot from disk"
                 )
+            requested.check_data_volumes(self.images.config.max_virtual_size_bytes)
             root_disk_bytes = None
             if requested.root_volume_size_bytes is not None:
                 root_disk_bytes = requested.check_root_volume(image.virtual_size, self.images.config.max_virtual_size_bytes)
@@ -399,13 +428,20 @@ class Runtime:
             found.append(container.info())
         return found
 
-    def _open_log(self, container: Container) -> CRILogWriter | None:
+    def _open_log(self, container: Container, sandbox: Sandbox) -> CRILogWriter | None:
         log_path = container.record.log_path
         if not log_path:
             return None
-        if not Path(log_path).parent.is_dir():
-            raise FailedPrecondition(f"log directory {Path(log_path).parent} does not exist (kubelet creates it)")
-        return CRILogWriter(log_path)
+        parent = Path(log_path).parent
+        if not parent.is_dir():
+            raise FailedPrecondition(f"log directory {parent} does not exist (kubelet creates it)")
+        log_directory = os.path.realpath(sandbox.spec.log_directory)
+        if os.path.commonpath([os.path.realpath(parent), log_directory]) != log_directory:
+            raise FailedPrecondition(f"the log file's directory {parent} leads outside the log directory {log_directory}")
+        try:
+            return CRILogWriter(log_path)
+        except OSError as err:
+            raise FailedPrecondition(f"cannot open the log file {log_path}: {err.strerror or err}") from err
 
     def overhead_mib(self, sandbox: Sandbox) -> int:
         """The VM's host memory besides guest RAM: the pod's RuntimeClass overhead when it states
@@ -458,7 +494,7 @@ class Runtime:
                     f"({running[0].id[:12]}): a VM pod is one VM on the pod's network and runs one container "
                     "at a time; stop it first (init containers run to completion before the next)"
                 )
-            log_writer = self._open_log(container)
+            log_writer = self._open_log(container, sandbox)
             config = guest.vm_config(
                 container.id, container.directory, container.record, self.config, self.accel.accel, sandbox.network
             )
@@ -579,14 +615,26 @@ class Runtime:
     async def exec_sync(self, container_id: str, argv: Sequence[str], timeout_s: int) -> ExecResult:
         if not argv:
             raise InvalidArgument("exec needs a command")
-        _, vm = self._running_vm(container_id)
-        return await vm.agent.exec(list(argv), timeout=float(timeout_s) if timeout_s > 0 else None)
+        container, vm = self._running_vm(container_id)
+        try:
+            return await vm.agent.exec(list(argv), timeout=float(timeout_s) if timeout_s > 0 else None)
+        except (Unavailable, FailedPrecondition) as err:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await vm.wait_exit(1.0)  # a channel reset because QEMU died: let its exit be seen
+            if vm.status.state in (VMState.EXITED, VMState.STOPPING):
+                raise FailedPrecondition(
+                    f"container {container.id[:12]} stopped while the command ran: {vm.status.message or err}"
+                ) from err
+            raise
 
     async def reopen_log(self, container_id: str) -> None:
         container, _ = self._running_vm(container_id)
         if container.log_writer is None:
             raise FailedPrecondition(f"container {container.id[:12]} has no log file")
-        container.log_writer.reopen()
+        try:
+            container.log_writer.reopen()
+        except OSError as err:
+            raise FailedPrecondition(f"cannot reopen the log file {container.record.log_path}: {err}") from err
 
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         """Apply new resources to a running VM (see ``qmprt.pod.resources.update``)."""

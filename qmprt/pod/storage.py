@@ -7,6 +7,7 @@ absolute. Refusals are INVALID_ARGUMENT with the offending path named.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import re
@@ -94,16 +95,59 @@ def _serial(container_path: str, used: set[str]) -> str:
     return serial
 
 
+def read_regular_file(path: str, limit: int) -> tuple[bytes, int]:
+    """The bytes and mode of the regular file at ``path``, at most ``limit`` bytes; ``InvalidArgument``
+    for anything else. Opened non-blocking, so a FIFO cannot stall the open, and checked on the open
+    fd, so what is read is what was checked; the read stops past ``limit`` whatever ``st_size`` said
+    (files in /proc say 0). Blocking: call it from a worker thread."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as err:
+        raise InvalidArgument(f"{path} cannot be read: {err.strerror}") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidArgument(f"{path} is not a regular file (a FIFO, device or socket cannot be a file mount)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise InvalidArgument(f"{path} cannot be read: {err.strerror}") from err
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise InvalidArgument(f"{path} holds more than {limit} bytes")
+    return b"".join(chunks), info.st_mode & 0o7777
+
+
+SECRET_MAX_BYTES = 64 * 1024
+
+
 def _secret_from_mount(mounts: dict[str, str], mount_path: str, name: str, annotation: str) -> bytes:
     host_dir = mounts.get(mount_path)
     if host_dir is None:
         raise InvalidArgument(f"annotation {annotation}: secret_mount {mount_path!r} is not one of the container's mounts")
     try:
-        return (Path(host_dir) / name).read_bytes().strip()
-    except OSError as err:
+        content, _ = read_regular_file(str(Path(host_dir) / name), SECRET_MAX_BYTES)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"annotation {annotation}: the mount at {mount_path!r}: {err}") from err
+    return content.strip()
+
+
+def _file_mount(mount: MountSpec) -> SeedFile:
+    try:
+        content, mode = read_regular_file(mount.host_path, FILE_MOUNT_MAX_BYTES)
+    except InvalidArgument as err:
         raise InvalidArgument(
-            f"annotation {annotation}: the mount at {mount_path!r} has no readable file {name!r} ({err.strerror})"
+            f"mount at {mount.container_path!r}: {err}; a file mount is delivered through cloud-init and may "
+            f"be a regular file of at most {FILE_MOUNT_MAX_BYTES} bytes: mount its directory instead"
         ) from err
+    return SeedFile(mount.container_path, content, mode)
 
 
 async def plan_storage(
@@ -122,13 +166,7 @@ async def plan_storage(
             shares.append(share)
             seed_mounts.append(SeedMount(share.tag, mount.container_path, mount.readonly))
             continue
-        info = os.stat(mount.host_path)
-        if info.st_size > FILE_MOUNT_MAX_BYTES:
-            raise InvalidArgument(
-                f"mount at {mount.container_path!r}: {mount.host_path} is {info.st_size} bytes; a file mount is "
-                f"delivered through cloud-init and may be at most {FILE_MOUNT_MAX_BYTES}: mount its directory"
-            )
-        files.append(SeedFile(mount.container_path, Path(mount.host_path).read_bytes(), info.st_mode & 0o7777))
+        files.append(await asyncio.to_thread(_file_mount, mount))
     volumes: list[BlockVolume] = []
     serials: set[str] = set()
     for index, device in enumerate(spec.devices):
@@ -140,7 +178,8 @@ async def plan_storage(
     mounts = {mount.container_path: mount.host_path for mount in spec.mounts}
     for index, rbd in enumerate(requested.rbd_volumes):
         key_file = directory / f"rbd{index}.key"
-        write_secret(key_file, _secret_from_mount(mounts, rbd.secret_mount, "key", RBD_VOLUMES), "base64")
+        key = await asyncio.to_thread(_secret_from_mount, mounts, rbd.secret_mount, "key", RBD_VOLUMES)
+        write_secret(key_file, key, "base64")
         volumes.append(
             RBDVolume(Attachment(f"rbd{index}", _serial(f"rbd{index}", serials)), rbd.pool, rbd.image,
                       rbd.monitors, rbd.user, str(key_file))
@@ -149,7 +188,10 @@ async def plan_storage(
         password_file = None
         if iscsi.secret_mount:
             password_file = str(directory / f"iscsi{index}.password")
-            write_secret(password_file, _secret_from_mount(mounts, iscsi.secret_mount, "password", ISCSI_VOLUMES))
+            password = await asyncio.to_thread(
+                _secret_from_mount, mounts, iscsi.secret_mount, "password", ISCSI_VOLUMES
+            )
+            write_secret(password_file, password)
         volumes.append(
             ISCSIVolume(Attachment(f"iscsi{index}", _serial(f"iscsi{index}", serials)), iscsi.portal, iscsi.target,
                         iscsi.lun, iscsi.user or None, password_file)

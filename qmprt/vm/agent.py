@@ -1,9 +1,12 @@
 """A client for qemu-guest-agent over the VM's virtio-serial channel.
 
 The agent speaks JSON lines without a greeting. A connection may hold stale replies from an earlier
-client, so every session starts with ``guest-sync-delimited``: the agent answers with a 0xFF byte
-before the reply, everything before that byte is discarded. QEMU accepts one client at a time on the
-channel, so calls to one VM are serialised by a lock.
+client, and a request cut by a killed qmprt stays half-parsed in the agent: every session starts
+with ``guest-sync-delimited`` (a 0xFF byte first, which resets the agent's parser): the agent answers
+with a 0xFF byte before the reply, everything before that byte is discarded; a second sync then
+proves the parser is back at the top level. QEMU accepts one client at a time on the channel, so each
+call to one VM holds a lock, but an exec releases it between its status polls: a long exec never holds
+back a probe's short one.
 """
 
 from __future__ import annotations
@@ -51,15 +54,18 @@ class GuestAgent:
         try:
             # Until the guest opens its end of the port, what qmprt writes is lost: ask again
             # every SYNC_RETRY seconds, and take only the answer to the latest question.
-            while True:
+            synced = 0
+            while synced < 2:
                 sync_id = next(_sync_ids)
                 writer.write(SYNC_DELIMITER)
                 await self._send(writer, "guest-sync-delimited", {"id": sync_id})
                 if await self._await_sync(reader, sync_id, min(SYNC_RETRY, _left(deadline))):
-                    return reader, writer
+                    synced += 1
+                    continue
                 if _left(deadline) <= 0:
                     raise asyncio.TimeoutError
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError) as err:
+            return reader, writer
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, ValueError) as err:
             writer.close()
             raise FailedPrecondition(
                 "the guest agent does not answer: the guest has no qemu-guest-agent running on "
@@ -71,8 +77,11 @@ class GuestAgent:
         try:
             while True:
                 await asyncio.wait_for(reader.readuntil(SYNC_DELIMITER), _left(until))
-                reply = await self._read(reader, _left(until))
-                if reply.get("return") == sync_id:
+                try:
+                    reply = await self._read(reader, _left(until))
+                except ValueError:  # the rest of a stale reply: wait for the next delimiter
+                    continue
+                if isinstance(reply, dict) and reply.get("return") == sync_id:
                     return True
         except asyncio.TimeoutError:
             return False
@@ -108,10 +117,10 @@ class GuestAgent:
         arguments: Mapping[str, Any],
         timeout: float,
     ) -> Any:
-        await self._send(writer, command, arguments)
         try:
+            await self._send(writer, command, arguments)
             reply = await self._read(reader, timeout)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError) as err:
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, ValueError) as err:
             raise Unavailable(f"guest agent: no answer to {command}") from err
         if "error" in reply:
             raise FailedPrecondition(f"guest agent: {command}: {reply['error'].get('desc')}")
@@ -140,24 +149,21 @@ class GuestAgent:
         if stdin:
             arguments["input-data"] = base64.b64encode(stdin).decode()
         deadline = time.monotonic() + timeout if timeout else None
-        async with self._lock:
-            reader, writer = await self._session(10.0)
-            try:
-                started = await self._call(reader, writer, "guest-exec", arguments, 10.0)
-                pid = int(started["pid"])
-                delay = 0.005
-                while True:
-                    status = await self._call(reader, writer, "guest-exec-status", {"pid": pid}, 10.0)
-                    if status.get("exited"):
-                        return _exec_result(status)
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise DeadlineExceeded(
-                            f"command {argv[0]!r} still running in the guest after {timeout} s"
-                        )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.1)
-            finally:
-                writer.close()
+
+        def step_timeout() -> float:
+            return min(10.0, max(_left(deadline), 0.5)) if deadline is not None else 10.0
+
+        started = await self.execute("guest-exec", arguments, timeout=step_timeout())
+        pid = int(started["pid"])
+        delay = 0.005
+        while True:
+            status = await self.execute("guest-exec-status", {"pid": pid}, timeout=step_timeout())
+            if status.get("exited"):
+                return _exec_result(status)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"command {argv[0]!r} still running in the guest after {timeout} s")
+            await asyncio.sleep(min(delay, _left(deadline)) if deadline is not None else delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _left(deadline: float) -> float:

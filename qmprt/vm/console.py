@@ -14,8 +14,10 @@ lines written meanwhile.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +49,14 @@ class CRILogWriter:
         self._file = self._open()
 
     def _open(self) -> BinaryIO:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        """The log file, never through a symlink at its path, and only a regular file (a FIFO placed
+        there fails at once instead of blocking)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(self.path, flags, 0o640)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+        os.set_blocking(fd, True)
         return os.fdopen(fd, "ab", buffering=0)
 
     def _emit(self, text: bytes, tag: bytes, time_ns: int) -> bytes:
@@ -84,8 +93,9 @@ class CRILogWriter:
     def reopen(self) -> None:
         """Start a new file at the same path (after a log rotation moved the old one away)."""
         with self._lock:
+            replacement = self._open()  # first: if it fails, the old file is still written
             self._file.close()
-            self._file = self._open()
+            self._file = replacement
 
     def close(self) -> None:
         with self._lock:

@@ -144,6 +144,23 @@ async def test_a_frozen_qemu_is_stopped_within_its_bounds(tiny, tmp_path, run_di
     assert vm.status.exit_code == 137
 
 
+async def test_execs_run_side_by_side_and_keep_their_timeouts(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_driver) -> None:
+    """A long exec does not hold back a probe's short one; a timeout is kept to within a second."""
+    from qmprt.errors import DeadlineExceeded
+
+    vm = await boot(tiny, tmp_path, run_dir, vms, cgroup_driver, f"{vm_tag}-execs")
+    long_exec = asyncio.create_task(vm.agent.exec(["sleep", "8"], timeout=30))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    assert (await vm.agent.exec(["true"], timeout=5)).exit_code == 0
+    assert time.monotonic() - started < 4, "the short exec waited behind the long one"
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await vm.agent.exec(["sleep", "30"], timeout=2)
+    assert time.monotonic() - started < 3.5
+    assert (await long_exec).exit_code == 0
+
+
 def _start_in_child(config_json: str, state_dir: Path, run_dir: Path, cgroup_path: str, log: Path) -> subprocess.Popen[str]:
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("supervisor_child.py")), config_json,

@@ -175,3 +175,20 @@ def test_command_exit_defaults_to_the_node_and_is_checked() -> None:
     assert parse_annotations({COMMAND_EXIT: "keep"}, {COMMAND_EXIT: "poweroff"}).command_exit == "keep"
     with pytest.raises(InvalidArgument, match="keep, poweroff"):
         parse_annotations({COMMAND_EXIT: "halt"}, {})
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [{"qmprt.io/seed-format": "nocloud\n"}, {"qmprt.io/vcpus": " 2"}, {"qmprt.io/data-volumes": "99999999999x1Mi"}],
+    ids=["trailing-newline", "leading-space", "huge-count"],
+)
+def test_values_are_taken_exactly_and_counts_bounded(annotations: dict[str, str]) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_annotations(annotations, {})
+
+
+def test_data_volumes_are_bounded_by_the_disk_limit() -> None:
+    parsed = parse_annotations({"qmprt.io/data-volumes": "2x1Ei"}, {})
+    with pytest.raises(InvalidArgument, match="above the limit"):
+        parsed.check_data_volumes(256 << 30)
+    parse_annotations({"qmprt.io/data-volumes": "16x1Gi"}, {}).check_data_volumes(256 << 30)

@@ -35,10 +35,10 @@ def test_resources_round_trip() -> None:
     linux = cri.LinuxContainerResources(
         cpu_period=100000, cpu_quota=-1, cpu_shares=2, memory_limit_in_bytes=1 << 30, oom_score_adj=-997,
         cpuset_cpus="1", cpuset_mems="0", memory_swap_limit_in_bytes=1 << 30,
-        hugepage_limits=[cri.HugepageLimit(page_size="1GB", limit=1 << 30)], unified={"b": "2", "a": "1"},
+        hugepage_limits=[cri.HugepageLimit(page_size="1GB", limit=1 << 30)], unified={"memory.min": "2", "memory.high": "1"},
     )
     resources = convert.resources(linux, "linux")
-    assert resources.unified == (("a", "1"), ("b", "2"))
+    assert resources.unified == (("memory.high", "1"), ("memory.min", "2"))
     assert convert.linux_resources(resources) == linux
     assert convert.linux_resources(Resources()) == cri.LinuxContainerResources()
 

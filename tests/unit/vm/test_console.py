@@ -1,4 +1,7 @@
+import os
 import re
+
+import pytest
 
 from qmprt.vm.console import MAX_LINE, ConsolePump, CRILogWriter, cri_timestamp
 
@@ -63,3 +66,26 @@ def test_pump_resumes_from_saved_offset(tmp_path) -> None:
     assert second.drain() == 2 and second.drain() == 0
     second.close()
     assert [row[3] for row in parse(log)] == [b"a", b"b", b"c", b"d"]
+
+
+def test_a_symlink_or_fifo_at_the_log_path_is_refused(tmp_path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / "link.log").symlink_to(target)
+    with pytest.raises(OSError):
+        CRILogWriter(tmp_path / "link.log")
+    assert target.read_text() == "", "nothing was written through the link"
+    os.mkfifo(tmp_path / "fifo.log")
+    with pytest.raises(OSError):
+        CRILogWriter(tmp_path / "fifo.log")  # returns at once: no reader, no blocking
+
+
+def test_a_failed_reopen_keeps_the_old_file(tmp_path) -> None:
+    writer = CRILogWriter(tmp_path / "c.log")
+    (tmp_path / "c.log").rename(tmp_path / "c.log.1")
+    (tmp_path / "c.log").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OSError):
+        writer.reopen()
+    writer.write(b"still logged\n")
+    writer.close()
+    assert "still logged" in (tmp_path / "c.log.1").read_text()
