@@ -19,7 +19,7 @@ from qmprt.errors import NotFound
 class StatsHandlers(Handlers):
     async def ContainerStats(self, request: cri.ContainerStatsRequest, context: Any) -> cri.ContainerStatsResponse:
         convert.require_id(request.container_id, "container_id")
-        info = self.runtime.container_stats(request.container_id)
+        info = await self.runtime.container_stats(request.container_id)
         return cri.ContainerStatsResponse(stats=convert.container_stats(info))
 
     async def ListContainerStats(
@@ -27,7 +27,7 @@ class StatsHandlers(Handlers):
     ) -> cri.ListContainerStatsResponse:
         wanted = request.filter
         try:
-            found = self.runtime.list_container_stats(
+            found = await self.runtime.list_container_stats(
                 id=wanted.id, sandbox_id=wanted.pod_sandbox_id, labels=dict(wanted.label_selector)
             )
         except NotFound:
@@ -38,7 +38,7 @@ class StatsHandlers(Handlers):
         self, request: cri.PodSandboxStatsRequest, context: Any
     ) -> cri.PodSandboxStatsResponse:
         convert.require_id(request.pod_sandbox_id, "pod_sandbox_id")
-        info = self.runtime.sandbox_stats(request.pod_sandbox_id)
+        info = await self.runtime.sandbox_stats(request.pod_sandbox_id)
         return cri.PodSandboxStatsResponse(stats=convert.pod_sandbox_stats(info))
 
     async def ListPodSandboxStats(
@@ -46,7 +46,7 @@ class StatsHandlers(Handlers):
     ) -> cri.ListPodSandboxStatsResponse:
         wanted = request.filter
         try:
-            found = self.runtime.list_sandbox_stats(id=wanted.id, labels=dict(wanted.label_selector))
+            found = await self.runtime.list_sandbox_stats(id=wanted.id, labels=dict(wanted.label_selector))
         except NotFound:
             found = []
         return cri.ListPodSandboxStatsResponse(stats=[convert.pod_sandbox_stats(info) for info in found])

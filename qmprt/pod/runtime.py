@@ -646,22 +646,29 @@ class Runtime:
         await live_resources.pin(container)
 
     # -- stats ----------------------------------------------------------------------------------------------
-    def container_stats(self, container_id: str) -> ContainerStatsInfo:
-        return container_stats(self, _lookup(self.containers, container_id, "container"))
+    # Sampling reads cgroup files and walks overlays: it runs in a worker thread, never the event loop.
+    async def container_stats(self, container_id: str) -> ContainerStatsInfo:
+        container = _lookup(self.containers, container_id, "container")
+        return await asyncio.to_thread(container_stats, self, container)
 
-    def list_container_stats(
+    async def list_container_stats(
         self, *, id: str = "", sandbox_id: str = "", labels: Mapping[str, str] | None = None
     ) -> list[ContainerStatsInfo]:
         infos = self.list_containers(id=id, sandbox_id=sandbox_id, labels=labels)
-        return [container_stats(self, self.containers[info.id]) for info in infos if info.id in self.containers]
+        chosen = [self.containers[info.id] for info in infos if info.id in self.containers]
+        return await asyncio.to_thread(lambda: [container_stats(self, container) for container in chosen])
 
-    def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo:
+    async def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo:
         sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
-        return sandbox_stats(self, sandbox, self._containers_of(sandbox.id))
+        containers = self._containers_of(sandbox.id)
+        return await asyncio.to_thread(sandbox_stats, self, sandbox, containers)
 
-    def list_sandbox_stats(self, *, id: str = "", labels: Mapping[str, str] | None = None) -> list[SandboxStatsInfo]:
+    async def list_sandbox_stats(
+        self, *, id: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[SandboxStatsInfo]:
         infos = self.list_sandboxes(id=id, labels=labels)
-        return [self.sandbox_stats(info.id) for info in infos if info.id in self.sandboxes]
+        pods = [(self.sandboxes[i.id], self._containers_of(i.id)) for i in infos if i.id in self.sandboxes]
+        return await asyncio.to_thread(lambda: [sandbox_stats(self, sandbox, cs) for sandbox, cs in pods])
 
     async def list_sandbox_metrics(self) -> list[SandboxMetricsInfo]:
         """Every pod's metrics (``qmprt.pod.metrics``), collected in a worker thread."""

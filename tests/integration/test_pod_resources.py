@@ -99,7 +99,7 @@ async def test_resources_become_guest_size_and_cgroup_limits(tiny, tmp_path, run
     assert {allowed_cpus(vm.status.pid, t) for t in tasks} == {"1"}
     assert container.cgroup.read_limits().cpuset_cpus == "1"
 
-    stats = runtime.container_stats(container_id)
+    stats = await runtime.container_stats(container_id)
     assert stats.memory_working_set_bytes and stats.memory_working_set_bytes < (300 + overhead) * MIB
     await runtime.remove_sandbox(sandbox_id)
 

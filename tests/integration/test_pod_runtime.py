@@ -59,7 +59,7 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
         assert shell.returncode == 0 and f'"name": "{container_id}"' in out.decode(), out
     greeting = await runtime.exec_sync(container_id, ["sh", "-c", ". /etc/cloud/environment; printf %s \"$GREETING\""], 30)
     assert greeting.stdout.decode() == "it's $HOME \"quoted\"\nline two ✓"
-    stats = runtime.container_stats(container_id)
+    stats = await runtime.container_stats(container_id)
     assert stats.cpu_usage_ns and stats.memory_working_set_bytes and stats.writable_layer_bytes > 0
     assert [c.id for c in runtime.list_containers(sandbox_id=sandbox_id[:8], labels={"tier": "front"})] == [container_id]
     assert runtime.list_containers(labels={"tier": "back"}) == []

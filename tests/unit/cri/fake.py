@@ -317,11 +317,11 @@ class FakeRuntime:
             writable_layer_mountpoint=str(self.root / "pods"),
         )
 
-    def container_stats(self, container_id: str) -> ContainerStatsInfo:
+    async def container_stats(self, container_id: str) -> ContainerStatsInfo:
         self._enter("container_stats", container_id)
         return self._stats(self._lookup(self.containers, container_id, "container"))
 
-    def list_container_stats(
+    async def list_container_stats(
         self, *, id: str = "", sandbox_id: str = "", labels: Mapping[str, str] | None = None
     ) -> list[ContainerStatsInfo]:
         self._enter("list_container_stats", id, sandbox_id, labels)
@@ -340,11 +340,11 @@ class FakeRuntime:
             containers=containers,
         )
 
-    def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo:
+    async def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo:
         self._enter("sandbox_stats", sandbox_id)
         return self._sandbox_stats(self._lookup(self.sandboxes, sandbox_id, "sandbox"))
 
-    def list_sandbox_stats(self, *, id: str = "", labels: Mapping[str, str] | None = None) -> list[SandboxStatsInfo]:
+    async def list_sandbox_stats(self, *, id: str = "", labels: Mapping[str, str] | None = None) -> list[SandboxStatsInfo]:
         self._enter("list_sandbox_stats", id, labels)
         return [self._sandbox_stats(info) for info in self.list_sandboxes(id=id, labels=labels)]
 
