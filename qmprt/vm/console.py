@@ -14,6 +14,7 @@ lines written meanwhile.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
@@ -106,11 +107,34 @@ class CRILogWriter:
 
 
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+DRAIN_MAX_BYTES = 1 << 20  # copied per poll at most
+RAW_KEEP_BYTES = 1 << 20  # what stays on disk of the raw console behind the pump (tails read it)
+_PUNCH_ALIGN = 1 << 16
+
+
+def punch_hole(path: Path, length: int) -> None:
+    """Free the disk blocks of the first ``length`` bytes of ``path``; offsets and size stay as they are."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, length) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+
+
 class ConsolePump:
     """Tails ``raw_path`` into a ``CRILogWriter``; ``offset_path`` remembers how far it got.
 
     ``on_data`` (optional) sees every chunk, for waiting on a marker without rereading the log. The
     raw log stays open between polls, so a poll is one ``fstat`` (QEMU only ever appends to it).
+    A chatty guest cannot fill the disk with it: once copied, all but the last ``RAW_KEEP_BYTES`` of
+    the raw log are punched out (a sparse file: QEMU's appends and qmprt's offsets are unchanged, the
+    blocks are freed). The CRI log itself is kubelet's to rotate (ReopenContainerLog).
     """
 
     def __init__(
@@ -128,6 +152,7 @@ class ConsolePump:
         self._stopping = False
         self._offset = self._load_offset()
         self._raw: BinaryIO | None = None
+        self._punched = 0
 
     def _load_offset(self) -> int:
         try:
@@ -149,18 +174,30 @@ class ConsolePump:
                 return 0  # QEMU has not created it yet
         size = os.fstat(self._raw.fileno()).st_size
         if size < self._offset:
-            self._offset = 0  # the raw log was truncated
+            self._offset = self._punched = 0  # the raw log was truncated
         if size == self._offset:
             return 0
         self._raw.seek(self._offset)
-        data = self._raw.read(size - self._offset)
+        data = self._raw.read(min(size - self._offset, DRAIN_MAX_BYTES))  # a backlog goes in slices
         self._offset += len(data)
         if self.writer is not None:
             self.writer.write(data)
         if self.on_data is not None:
             self.on_data(data)
         self._save_offset()
+        self._free_copied()
         return len(data)
+
+    def _free_copied(self) -> None:
+        end = (self._offset - RAW_KEEP_BYTES) // _PUNCH_ALIGN * _PUNCH_ALIGN
+        if end <= self._punched:
+            return
+        try:
+            punch_hole(self.raw_path, end)
+            self._punched = end
+        except OSError as err:  # a filesystem without hole punching: the raw log grows as before
+            log.warning("console pump %s: cannot free copied bytes: %s", self.raw_path, err)
+            self._punched = 1 << 62
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"console:{self.raw_path}")

@@ -89,3 +89,23 @@ def test_a_failed_reopen_keeps_the_old_file(tmp_path) -> None:
     writer.write(b"still logged\n")
     writer.close()
     assert "still logged" in (tmp_path / "c.log.1").read_text()
+
+
+def test_the_raw_console_is_freed_behind_the_pump(tmp_path) -> None:
+    raw = tmp_path / "console.raw"
+    writer = CRILogWriter(tmp_path / "c.log")
+    pump = ConsolePump(raw, tmp_path / "console.offset", writer)
+    line = b"x" * 99 + b"\n"
+    with open(raw, "ab") as qemu:  # QEMU appends (logappend=on)
+        for _ in range(8):
+            qemu.write(line * 10_000)  # 1 MB a round
+            qemu.flush()
+            while pump.drain():
+                pass
+    writer.close()
+    pump.close()
+    info = raw.stat()
+    assert info.st_size == 8 * 1_000_000, "the size and offsets stay"
+    assert info.st_blocks * 512 <= 2 * (1 << 20) + (1 << 16), "copied bytes were punched out"
+    assert len(parse(tmp_path / "c.log")) == 80_000, "every line reached the CRI log"
+    assert raw.read_bytes()[-100:] == line, "the tail (exit inference) is still readable"
