@@ -8,6 +8,7 @@
                 memory_overhead_mib, command_exit ("keep" | "poweroff")
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent),
                 pids_max
+    [metrics]   address (qmprt's Prometheus endpoint: "127.0.0.1:9437"; "" turns it off; port 0 picks one)
     [cni]       conf_dir, bin_dirs, max_networks (pod interfaces, one per config file), wiring
                 ("tc-redirect" | "macvtap"; a pod's qmprt.io/network-wiring wins), plugin_timeout_seconds
     [image]     name translation rules, transport, limits: kept as the raw table here and checked by
@@ -117,15 +118,27 @@ class CNIConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    address: str = "127.0.0.1:9437"  # qmprt's Prometheus endpoint; "" turns it off, port 0 picks one
+
+    def validate(self) -> None:
+        if self.address:
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise InvalidArgument(f"metrics.address {self.address!r} must be host:port, e.g. 127.0.0.1:9437")
+
+
+@dataclass(frozen=True)
 class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     vm: VMDefaults = field(default_factory=VMDefaults)
     cgroups: CgroupsConfig = field(default_factory=CgroupsConfig)
     cni: CNIConfig = field(default_factory=CNIConfig)
     image: dict[str, Any] = field(default_factory=dict)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        for table in (self.runtime, self.vm, self.cgroups, self.cni):
+        for table in (self.runtime, self.vm, self.cgroups, self.cni, self.metrics):
             table.validate()
 
 
@@ -160,7 +173,9 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: str) -> Config
             raise InvalidArgument(f"config file {path} does not exist") from err
         except tomllib.TOMLDecodeError as err:
             raise InvalidArgument(f"config file {path}: {err}") from err
-    tables: dict[str, type[Any]] = {"runtime": RuntimeConfig, "vm": VMDefaults, "cgroups": CgroupsConfig, "cni": CNIConfig}
+    tables: dict[str, type[Any]] = {
+        "runtime": RuntimeConfig, "vm": VMDefaults, "cgroups": CgroupsConfig, "cni": CNIConfig, "metrics": MetricsConfig,
+    }
     unknown = sorted(set(document) - set(tables) - {"image"})
     if unknown:
         raise InvalidArgument(f"config has unknown tables: {', '.join(unknown)}")

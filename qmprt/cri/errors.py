@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import grpc
 from grpc import aio
 
-from qmprt import errors
+from qmprt import errors, telemetry
 
 log = logging.getLogger("qmprt.cri")
 
@@ -74,7 +74,9 @@ class _Call:
         self.started = time.monotonic()
 
     def done(self, code: grpc.StatusCode, detail: str = "", traceback: bool = False) -> None:
-        millis = (time.monotonic() - self.started) * 1000
+        seconds = time.monotonic() - self.started
+        telemetry.RPC_SECONDS.labels(self.short_name, code.name).observe(seconds)
+        millis = seconds * 1000
         if code == grpc.StatusCode.OK:
             level = logging.DEBUG if self.short_name in _POLLED else logging.INFO
         elif code == grpc.StatusCode.INTERNAL:

@@ -11,7 +11,8 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.cri import convert
+from qmprt import telemetry
+from qmprt.cri import convert, validate
 from qmprt.cri.backend import Handlers
 from qmprt.errors import InvalidArgument
 from qmprt.image import PullAuth
@@ -43,7 +44,13 @@ class ImageHandlers(Handlers):
         name = request.image.image
         if not name:
             raise InvalidArgument("PullImage needs an image: image.image is empty")
-        record = await self.runtime.images.pull(name, _auth(request))
+        validate.text(name, "image.image")
+        try:
+            record = await self.runtime.images.pull(name, _auth(request))
+        except BaseException:
+            telemetry.PULLS.labels("error").inc()
+            raise
+        telemetry.PULLS.labels("ok").inc()
         return cri.PullImageResponse(image_ref=record.digest)
 
     async def RemoveImage(self, request: cri.RemoveImageRequest, context: Any) -> cri.RemoveImageResponse:

@@ -25,6 +25,7 @@ from pathlib import Path
 from cri_api.v1 import api_pb2_grpc
 from grpc import aio
 
+from qmprt import state, telemetry
 from qmprt.config import Config
 from qmprt.cri.backend import RuntimeBackend
 from qmprt.cri.container import ContainerHandlers
@@ -189,6 +190,7 @@ async def serve(
         claim.release()
         raise
     server = CRIServer(runtime, claim)
+    endpoint = _metrics_endpoint(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -205,5 +207,23 @@ async def serve(
         try:
             await server.stop()
         finally:
+            if endpoint is not None:
+                endpoint.close()
             await runtime.close()
             log.info("stopped; the VMs keep running and the next qmprt serve re-adopts them")
+
+
+def _metrics_endpoint(config: Config) -> telemetry.Endpoint | None:
+    """The Prometheus endpoint, its address in ``<run_dir>/metrics.address``; a port in use is logged,
+    not fatal: the CRI matters more than its metrics."""
+    if not config.metrics.address:
+        return None
+    try:
+        endpoint = telemetry.Endpoint(config.metrics.address)
+    except OSError as err:
+        log.warning("metrics endpoint on %s not started: %s", config.metrics.address, err)
+        return None
+    run_dir = state.ensure_private_dir(config.runtime.run_dir)
+    state.write_json_atomic(run_dir / "metrics.json", {"address": endpoint.address})
+    log.info("Prometheus metrics on http://%s/metrics", endpoint.address)
+    return endpoint

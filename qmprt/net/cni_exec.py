@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qmprt import telemetry
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError
 
 
@@ -50,6 +51,14 @@ async def run_plugin(
     exec_prefix: Sequence[str] = (),
 ) -> bytes:
     """Run the plugin with ``stdin`` as JSON; its stdout on success, CNIPluginError otherwise."""
+    with telemetry.CNI_SECONDS.labels(command, plugin_type).time():
+        return await _run_plugin(binary, plugin_type, command, env, stdin, timeout, exec_prefix)
+
+
+async def _run_plugin(
+    binary: Path, plugin_type: str, command: str, env: dict[str, str], stdin: Any, timeout: float,
+    exec_prefix: Sequence[str],
+) -> bytes:
     try:
         process = await asyncio.create_subprocess_exec(
             *exec_prefix,

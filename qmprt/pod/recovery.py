@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qmprt import state
+from qmprt import state, telemetry
 from qmprt.errors import QmprtError
 from qmprt.net import netns
 from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE, Container, Sandbox
@@ -83,6 +83,8 @@ async def recover(runtime: Runtime) -> None:
         "recovered %d sandboxes, %d containers: %d VMs adopted, %d found exited, %d half-created removed",
         len(runtime.sandboxes), len(runtime.containers), adopted, exited, removed,
     )
+    for outcome, count in (("adopted", adopted), ("exited", exited), ("half-created-removed", removed)):
+        telemetry.RECOVERIES.labels(outcome).inc(count)
 
 
 async def _recover_container(runtime: Runtime, container: Container) -> str:

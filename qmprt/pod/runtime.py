@@ -14,11 +14,12 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qmprt import cgroups, state
+from qmprt import cgroups, state, telemetry
+from qmprt.cloudinit import READY_MARKER
 from qmprt.config import Config
 from qmprt.errors import (
     AlreadyExists,
@@ -67,6 +68,7 @@ T = TypeVar("T", Sandbox, Container)
 # Labels and annotations of every sandbox and container together: the list answers kubelet relists
 # every second carry all of them, and must stay well inside gRPC's 16 MiB message.
 METADATA_BUDGET_BYTES = 8 << 20
+BOOT_TIMER_SECONDS = 600.0
 FORCED_STOP_GRACE = 0.0
 
 
@@ -104,6 +106,10 @@ class Runtime:
         self._container_names: dict[tuple[str, str, int], str] = {}
         self.pod_cidr = ""
         self.networks = PodNetworks(config.cni, self.state_root / "cni", self.run_root / "net")
+        self._tasks: set[asyncio.Task[None]] = set()
+        telemetry.watch_live_vms(
+            lambda: sum(1 for c in list(self.containers.values()) if c.status.state == ContainerState.RUNNING)
+        )
         log.info("accelerator: %s (%s)", self.accel.accel, self.accel.reason)
 
     # -- lifecycle of the runtime itself --------------------------------------------------------------
@@ -118,6 +124,8 @@ class Runtime:
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: the next qmprt adopts them."""
+        for task in list(self._tasks):
+            task.cancel()
         for container in list(self.containers.values()):
             if container.vm is not None and container.vm.status.state != VMState.EXITED:
                 await container.vm.detach()
@@ -476,6 +484,7 @@ class Runtime:
     async def start_container(self, container_id: str) -> None:
         container = _lookup(self.containers, container_id, "container")
         sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
+        started = time.monotonic()
         # The sandbox's lock first (as stop_sandbox takes them): two starts in one pod cannot both run.
         async with sandbox.lock, container.lock:
             if container.status.state != ContainerState.CREATED:
@@ -530,6 +539,7 @@ class Runtime:
                         ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=128,
                         reason="StartError", message=str(err),
                     )
+                telemetry.VM_STARTS.labels("error").inc()
                 raise
             finally:
                 for tap_fd in nic_fds:
@@ -537,6 +547,9 @@ class Runtime:
             self.attach_vm(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
             await live_resources.pin(container)
+            telemetry.VM_STARTS.labels("ok").inc()
+            telemetry.VM_START_SECONDS.observe(time.monotonic() - started)
+            self._background(self._time_boot(vm, started), f"boot timer of {container.id[:12]}")
         log.info("container %s started (pid %s)", container.id[:12], vm.status.pid)
 
     def attach_vm(
@@ -547,13 +560,32 @@ class Runtime:
         container.log_writer = log_writer
         vm.on_exit(lambda _vm: self._on_vm_exit(container))
 
+    async def _time_boot(self, vm: VM, started: float) -> None:
+        """The boot time of a guest that says it is ready on its console (qmprt's marker)."""
+        with contextlib.suppress(asyncio.TimeoutError, FailedPrecondition):
+            await vm.wait_for_console(READY_MARKER, BOOT_TIMER_SECONDS)
+            telemetry.VM_BOOT_SECONDS.observe(time.monotonic() - started)
+
+    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` as a task the runtime keeps a reference to; its failure is logged."""
+        task = asyncio.get_running_loop().create_task(work, name=what)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("%s failed: %s", what, finished.exception())
+
+        task.add_done_callback(done)
+
     def _on_vm_exit(self, container: Container) -> None:
         container.sync_from_vm()
+        telemetry.VM_EXITS.labels(container.status.reason or "unknown").inc()
         if container.log_writer is not None:
             container.log_writer.close()
             container.log_writer = None
         if container.share_daemons is not None:
-            asyncio.get_running_loop().create_task(self.stop_share_daemons(container))
+            self._background(self.stop_share_daemons(container), f"virtiofsd stop of {container.id[:12]}")
         log.info(
             "container %s exited: %s %s", container.id[:12], container.status.exit_code, container.status.reason
         )

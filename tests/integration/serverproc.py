@@ -44,6 +44,8 @@ socket = "{self.socket}"
 state_dir = "{self.state_dir}"
 run_dir = "{socket_dir / 'run'}"
 log_level = "{log_level}"
+[metrics]
+address = "127.0.0.1:0"
 [cgroups]
 root = "{cgroup_root}"
 [cni]
@@ -111,6 +113,15 @@ url = "file://{tiny.disk}"
             leaked.append(f"qemu pid {process.pid}")
             process.kill()
         return leaked
+
+    def metrics(self) -> str:
+        """The text of qmprt's Prometheus endpoint (its address is in ``<run_dir>/metrics.json``)."""
+        import json
+        import urllib.request
+
+        address = json.loads((self.socket.parent / "run" / "metrics.json").read_text())["address"]
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+            return str(response.read().decode())
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -425,3 +425,19 @@ def test_qmprt_ctl_drives_a_pod(server: ServerProcess, tiny: TinyGuest, tmp_path
     ctl("rmp", pod_id)
     assert ctl("pods", "-q").stdout == ""
     ctl("rmi", IMAGE_NAME)
+
+
+def test_prometheus_endpoint_counts_what_the_module_did(server: ServerProcess) -> None:
+    """Last in the module: the VMs above started, exited and were asked about through the CRI."""
+    text = server.metrics()
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")
+    }
+    assert samples['qmprt_vm_starts_total{result="ok"}'] >= 2
+    assert samples['qmprt_cri_request_duration_seconds_count{code="OK",method="StartContainer"}'] >= 2
+    assert samples['qmprt_cri_request_duration_seconds_count{code="INVALID_ARGUMENT",method="CreateContainer"}'] >= 1
+    assert samples['qmprt_vm_exits_total{reason="Error"}'] >= 1, "the killed QEMU"
+    assert samples['qmprt_image_pulls_total{result="ok"}'] >= 1
+    assert samples["qmprt_vms_running"] == 0
+    assert samples["qmprt_vm_boot_duration_seconds_count"] >= 1
+    assert 'qmprt_recovered_containers_total{outcome="adopted"}' in samples, "the restart in the lifecycle test"
