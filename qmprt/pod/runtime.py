@@ -487,6 +487,9 @@ class Runtime:
         started = time.monotonic()
         # The sandbox's lock first (as stop_sandbox takes them): two starts in one pod cannot both run.
         async with sandbox.lock, container.lock:
+            if self.containers.get(container.id) is not container:
+                # RemoveContainer ran while this call waited for the lock: nothing is left to start.
+                raise NotFound(f"container {container.id[:12]} was removed")
             if container.status.state != ContainerState.CREATED:
                 raise FailedPrecondition(
                     f"container {container.id[:12]} is {container.status.state.value}; only a created container can start"

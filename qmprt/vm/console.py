@@ -225,7 +225,10 @@ class ConsolePump:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self.drain()
+        try:
+            self.drain()
+        except OSError as err:  # the VM's directory was removed under it
+            log.info("console pump %s: last copy skipped: %s", self.raw_path, err)
         self.close()
 
     def close(self) -> None:

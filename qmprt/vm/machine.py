@@ -157,6 +157,7 @@ class VM:
         self._exit_callbacks: list[Callable[[VM], None]] = []
         self._console_waiters: list[tuple[bytes, asyncio.Future[None]]] = []
         self._console_tail = b""
+        self._after_exit_task: asyncio.Task[None] | None = None  # kept: a task nobody holds can vanish
         self.timings = StartTimings()
         self.console = ConsolePump(self.console_raw, state_dir / "console.offset", log_writer, self._on_console)
 
@@ -443,7 +444,7 @@ class VM:
             message=f"{verdict.message} ({note})" if note else verdict.message,
         )
         log.info("VM %s exited: %s (%s) %s", self.vm_id, verdict.exit_code, verdict.reason, verdict.message)
-        asyncio.get_running_loop().create_task(self._after_exit())
+        self._after_exit_task = asyncio.get_running_loop().create_task(self._after_exit(), name=f"after-exit:{self.vm_id}")
         self._exited.set()
 
     async def _after_exit(self) -> None:

@@ -161,3 +161,27 @@ async def test_bad_sandbox_requests(tiny, tmp_path, runtime_dirs, runtimes) -> N
     sandbox_id = await runtime.run_sandbox(dataclasses.replace(good, runtime_handler="qmprt"))
     assert runtime.sandbox(sandbox_id).spec.runtime_handler == "qmprt"
     await runtime.remove_sandbox(sandbox_id)
+
+
+async def test_start_racing_remove_leaves_nothing(tiny, tmp_path, runtime_dirs, runtimes) -> None:
+    """RemoveContainer called while StartContainer runs (and the other way round): whichever wins,
+    the container ends removed, with no directory, cgroup or QEMU behind it, and no INTERNAL."""
+    runtime = await open_runtime(tiny, *runtime_dirs)
+    runtimes.append(runtime)
+    sandbox_id = await runtime.run_sandbox(sandbox_spec(tmp_path))
+    for remove_first in (False, True):
+        container_id = await runtime.create_container(
+            sandbox_id, container_spec(metadata=ContainerMetadata(name=f"race-{remove_first}"))
+        )
+        directory = runtime.containers[container_id].directory
+        calls = [runtime.start_container(container_id), runtime.remove_container(container_id)]
+        if remove_first:
+            calls.reverse()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            assert result is None or isinstance(result, (NotFound, FailedPrecondition)), repr(result)
+        await asyncio.sleep(0.5)  # exit callbacks of a VM that started and was stopped
+        assert container_id not in runtime.containers
+        assert not directory.exists(), f"{directory} came back: {list(directory.iterdir())}"
+        qemus = subprocess.run(["pgrep", "-f", f"guest={container_id}"], capture_output=True, text=True).stdout
+        assert not qemus.strip(), qemus
