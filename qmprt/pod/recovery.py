@@ -7,8 +7,10 @@ Assumptions:
   one is a creation that crashed half-way, and is deleted (with its network namespace).
 - Status files are replaced atomically, so they are whole; they may lag reality by one step, which
   recovery repairs: a RUNNING container whose VM is gone is judged from the VM's recorded events and
-  console; a CREATED container whose VM exists (a crash between spawning QEMU and recording it) is
-  adopted as RUNNING.
+  console; a CREATED container whose VM's pid was recorded (a crash between spawning QEMU and
+  marking the container) is adopted as RUNNING; a CREATED container whose start was cut before the
+  pid was recorded stays CREATED, with whatever that start spawned killed through the VM's cgroup
+  (QEMU is exec'd straight into it) and its files removed, so the retried StartContainer works.
 - A sandbox's ``network.json`` is written before its metadata, so a complete sandbox has it when it
   has a network; a half-created one gets a CNI DEL from the CNI cache (IPAM is released) before its
   namespace goes, which takes its taps and qdiscs along. The wiring of a ready sandbox is checked
@@ -28,13 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qmprt import state, telemetry
-from qmprt.errors import QmprtError
+from qmprt.cgroups import Cgroup
+from qmprt.errors import QmprtError, best_effort
 from qmprt.net import netns
 from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE, Container, Sandbox
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons
 from qmprt.vm.console import CRILogWriter
-from qmprt.vm.machine import VM, VMState
+from qmprt.vm.machine import VM, VMState, remove_state_files, started_for_sure
 
 if TYPE_CHECKING:
     from qmprt.pod.runtime import Runtime
@@ -87,6 +90,20 @@ async def recover(runtime: Runtime) -> None:
         telemetry.RECOVERIES.labels(outcome).inc(count)
 
 
+async def _undo_cut_start(runtime: Runtime, container: Container, cgroup: Cgroup | None) -> None:
+    """A StartContainer cut before it recorded QEMU's pid: whatever it spawned is in the VM's cgroup
+    (QEMU is exec'd straight into it), so kill that, remove what the start wrote, and leave the
+    container CREATED: the retried StartContainer starts it afresh."""
+    log.warning("container %s: its start was cut short; it stays created", container.id[:12])
+    if cgroup is not None:
+        with best_effort(log, f"removing the cgroup {cgroup.path} of a cut start"):
+            cgroup.kill()
+            cgroup.delete()
+    await runtime.stop_share_daemons(container)
+    remove_state_files(container.directory)
+    shutil.rmtree(runtime.container_run_dir(container.id), ignore_errors=True)
+
+
 async def _recover_container(runtime: Runtime, container: Container) -> str:
     status = container.status
     has_vm = (container.directory / "vm.json").exists()
@@ -102,6 +119,9 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
     with contextlib.suppress(QmprtError):
         if runtime.cgroup_driver.exists(container.record.cgroup_path):
             cgroup = runtime.cgroup_driver.open(container.record.cgroup_path)
+    if status.state == ContainerState.CREATED and not started_for_sure(container.directory):
+        await _undo_cut_start(runtime, container, cgroup)
+        return "unchanged"
     writer = None
     log_path = container.record.log_path
     if log_path and Path(log_path).parent.is_dir():

@@ -101,6 +101,25 @@ class CgroupLike(Protocol):
     def delete(self) -> None: ...
 
 
+VM_STATE_FILES = ("vm.json", "vm-status.json", "qemu.log", "console.raw", "console.offset")
+
+
+def remove_state_files(state_dir: Path) -> None:
+    """The files ``VM.start`` writes into ``state_dir`` (for a VM that exited, or never ran)."""
+    for name in VM_STATE_FILES:
+        (state_dir / name).unlink(missing_ok=True)
+
+
+def started_for_sure(state_dir: Path) -> bool:
+    """Whether a VM start in ``state_dir`` got as far as recording its QEMU's pid; a start cut before
+    that (vm.json without a status, or a status without a pid) may or may not have spawned QEMU."""
+    try:
+        status = state.read_json(state_dir / "vm-status.json")
+    except (NotFound, ValueError):
+        return False
+    return isinstance(status, dict) and status.get("pid") is not None
+
+
 def _tail_bytes(path: Path, limit: int) -> bytes:
     try:
         with open(path, "rb") as handle:
@@ -649,5 +668,4 @@ class VM:
         if self.status.state != VMState.EXITED:
             raise FailedPrecondition(f"VM {self.vm_id} is {self.status.state.value}: stop it first")
         self._remove_sockets()
-        for name in ("vm.json", "vm-status.json", "qemu.log", "console.raw", "console.offset"):
-            (self.state_dir / name).unlink(missing_ok=True)
+        remove_state_files(self.state_dir)

@@ -185,3 +185,38 @@ async def test_start_racing_remove_leaves_nothing(tiny, tmp_path, runtime_dirs, 
         assert not directory.exists(), f"{directory} came back: {list(directory.iterdir())}"
         qemus = subprocess.run(["pgrep", "-f", f"guest={container_id}"], capture_output=True, text=True).stdout
         assert not qemus.strip(), qemus
+
+
+async def test_a_start_cut_before_qemu_was_recorded_stays_created(tiny, tmp_path, runtime_dirs, runtimes) -> None:
+    """qmprt killed between spawning QEMU (into the VM's cgroup) and recording its pid: the next
+    qmprt kills that QEMU through the cgroup, keeps the container CREATED, and a retried start works.
+    The window is reproduced exactly: a VM really started, then its status files put back to what
+    they held inside the window."""
+    import json
+
+    runtime = await open_runtime(tiny, *runtime_dirs)
+    runtimes.append(runtime)
+    sandbox_id = await runtime.run_sandbox(sandbox_spec(tmp_path))
+    container_id = await runtime.create_container(sandbox_id, container_spec())
+    await runtime.start_container(container_id)
+    directory = runtime.containers[container_id].directory
+    await runtime.close()  # qmprt goes away; the VM runs on
+    for name, changes in (("vm-status.json", {"pid": None, "pid_create_time": None}), ("status.json", {"state": "created"})):
+        document = json.loads((directory / name).read_text())
+        document.update(changes)
+        (directory / name).write_text(json.dumps(document))
+    assert subprocess.run(["pgrep", "-f", f"guest={container_id}"], capture_output=True).returncode == 0
+
+    restarted = await open_runtime(tiny, *runtime_dirs)
+    runtimes.append(restarted)
+    assert restarted.container(container_id).status.state == ContainerState.CREATED
+    for _ in range(50):
+        if subprocess.run(["pgrep", "-f", f"guest={container_id}"], capture_output=True).returncode != 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the QEMU of the cut start still runs")
+    assert not (directory / "vm.json").exists()
+    await restarted.start_container(container_id)
+    await wait_for_log(restarted.container(container_id).log_path, tiny.ready_marker)
+    assert restarted.container(container_id).status.state == ContainerState.RUNNING
