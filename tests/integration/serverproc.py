@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -15,6 +19,22 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 
 from .guests import ROOT, TinyGuest
+
+
+@contextlib.contextmanager
+def served(directory: Path, tiny: TinyGuest, cgroup_root: str, image_name: str, **options: Any) -> Iterator[ServerProcess]:
+    """A started ``ServerProcess`` on a short socket directory of its own, shut down and checked at the
+    end: a module's server fixture is ``with served(...) as server: yield server``."""
+    socket_dir = Path(f"/tmp/qmprt-s-{secrets.token_hex(4)}")  # unix socket paths are short
+    socket_dir.mkdir(mode=0o700)
+    server = ServerProcess(directory, socket_dir, tiny, cgroup_root, image_name, **options)
+    try:
+        server.start()
+        yield server
+    finally:
+        leaked = server.shut_down()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        assert not leaked, f"the tests left VMs behind: {leaked}"
 
 
 class ServerProcess:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from qmprt import cgroups
 
 from .conftest import TEST_CGROUP_ROOT
 from .guests import ROOT, TinyGuest
-from .serverproc import ServerProcess
+from .serverproc import ServerProcess, served
 
 BOOT_TIMEOUT = 120
 IMAGE_NAME = "images.qmprt.test/tiny:1"
@@ -48,16 +47,8 @@ LABELS = {
 def server(
     tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    socket_dir = Path(f"/tmp/qmprt-c-{secrets.token_hex(4)}")  # unix socket paths are short
-    socket_dir.mkdir(mode=0o700)
-    served = ServerProcess(tmp_path_factory.mktemp("cri"), socket_dir, tiny, f"{TEST_CGROUP_ROOT}/cri", IMAGE_NAME)
-    served.start()
-    try:
-        yield served
-    finally:
-        leaked = served.shut_down()
-        shutil.rmtree(socket_dir, ignore_errors=True)
-        assert not leaked, f"the tests left VMs behind: {leaked}"
+    with served(tmp_path_factory.mktemp("cri"), tiny, f"{TEST_CGROUP_ROOT}/cri", IMAGE_NAME) as server:
+        yield server
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from qmprt.net import netns
 
 from .conftest import TEST_CGROUP_ROOT
 from .guests import TinyGuest
-from .serverproc import ServerProcess
+from .serverproc import ServerProcess, served
 
 IMAGE_NAME = "images.qmprt.test/tiny:1"
 ITERATIONS = 400
@@ -143,19 +142,9 @@ def container_config(rng: random.Random) -> cri.ContainerConfig:
 def server(
     tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    socket_dir = Path(f"/tmp/qmprt-h-{secrets.token_hex(4)}")
-    socket_dir.mkdir(mode=0o700)
-    served = ServerProcess(
-        tmp_path_factory.mktemp("hostile"), socket_dir, tiny, f"{TEST_CGROUP_ROOT}/hostile", IMAGE_NAME,
-        log_level="info",
-    )
-    served.start()
-    try:
-        yield served
-    finally:
-        leaked = served.shut_down()
-        shutil.rmtree(socket_dir, ignore_errors=True)
-        assert not leaked, leaked
+    with served(tmp_path_factory.mktemp("hostile"), tiny, f"{TEST_CGROUP_ROOT}/hostile", IMAGE_NAME,
+                log_level="info") as server:
+        yield server
 
 
 @pytest.fixture

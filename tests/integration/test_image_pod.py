@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from qmprt import cgroups
 
 from .conftest import TEST_CGROUP_ROOT
 from .guests import ROOT, TinyGuest
-from .serverproc import ServerProcess
+from .serverproc import ServerProcess, served
 from .test_cri_server import wait_for_log
 
 PULLED = "http.qmprt.test/tiny:1"
@@ -64,20 +63,10 @@ def server(
     image_url: tuple[str, list[str]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
-    socket_dir = Path(f"/tmp/qmprt-i-{secrets.token_hex(4)}")  # unix socket paths are short
-    socket_dir.mkdir(mode=0o700)
     rules = [(PULLED.rsplit(":", 1)[0], image_url[0])]
-    served = ServerProcess(
-        tmp_path_factory.mktemp("img"), socket_dir, tiny, f"{TEST_CGROUP_ROOT}/img", "unused.qmprt.test/x:1",
-        image_rules=rules,
-    )
-    served.start()
-    try:
-        yield served
-    finally:
-        leaked = served.shut_down()
-        shutil.rmtree(socket_dir, ignore_errors=True)
-        assert not leaked, f"the tests left VMs behind: {leaked}"
+    with served(tmp_path_factory.mktemp("img"), tiny, f"{TEST_CGROUP_ROOT}/img", "unused.qmprt.test/x:1",
+                image_rules=rules) as server:
+        yield server
 
 
 @pytest.fixture
