@@ -18,16 +18,23 @@ Assumptions:
   broken is NOTREADY, so kubelet replaces it (its VM cannot get the lost tap back).
 - QEMU processes are identified by pid, start time and ``-name guest=<container id>``; a reused pid
   is never mistaken for a VM.
+- A record that cannot be read (a corrupt or foreign file) does not stop the rest: its sandbox or
+  container is moved to ``<state root>/quarantine/`` for a person to look at, the QEMU named after it
+  is stopped (qmprt can no longer manage it) and the pod's namespace removed; kubelet, which no longer
+  sees it, creates a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import psutil
 
 from qmprt import state, telemetry
 from qmprt.cgroups import Cgroup
@@ -46,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 async def recover(runtime: Runtime) -> None:
-    adopted = exited = removed = 0
+    adopted = exited = removed = quarantined = 0
     for directory in sorted(runtime.pods_root.iterdir()):
         if not directory.is_dir():
             continue
@@ -60,7 +67,12 @@ async def recover(runtime: Runtime) -> None:
             shutil.rmtree(directory, ignore_errors=True)
             removed += 1
             continue
-        sandbox = Sandbox.load(directory)
+        try:
+            sandbox = Sandbox.load(directory)
+        except _UNREADABLE as err:
+            await _quarantine_sandbox(runtime, directory, err)
+            quarantined += 1
+            continue
         if sandbox.status.state == SandboxState.READY and not netns.exists(netns.netns_name(sandbox.id)):
             log.warning("sandbox %s lost its network namespace: NOTREADY", sandbox.id[:12])
             sandbox.set_state(SandboxState.NOTREADY)
@@ -77,7 +89,12 @@ async def recover(runtime: Runtime) -> None:
                 shutil.rmtree(container_dir, ignore_errors=True)
                 removed += 1
                 continue
-            container = Container.load(container_dir)
+            try:
+                container = Container.load(container_dir)
+            except _UNREADABLE as err:
+                _quarantine_container(runtime, container_dir, err)
+                quarantined += 1
+                continue
             runtime.register_container(container)
             outcome = await _recover_container(runtime, container)
             adopted += outcome == "adopted"
@@ -86,8 +103,53 @@ async def recover(runtime: Runtime) -> None:
         "recovered %d sandboxes, %d containers: %d VMs adopted, %d found exited, %d half-created removed",
         len(runtime.sandboxes), len(runtime.containers), adopted, exited, removed,
     )
-    for outcome, count in (("adopted", adopted), ("exited", exited), ("half-created-removed", removed)):
+    if quarantined:
+        log.error("%d unreadable records were moved to %s", quarantined, runtime.state_root / QUARANTINE_DIR)
+    outcomes = (("adopted", adopted), ("exited", exited), ("half-created-removed", removed), ("quarantined", quarantined))
+    for outcome, count in outcomes:
         telemetry.RECOVERIES.labels(outcome).inc(count)
+
+
+QUARANTINE_DIR = "quarantine"
+# A record that cannot be read: not JSON, or JSON without the fields its dataclass needs.
+_UNREADABLE = (QmprtError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _quarantine(runtime: Runtime, directory: Path, relative: str) -> Path:
+    target = state.ensure_private_dir(runtime.state_root / QUARANTINE_DIR) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(directory, target)
+    return target
+
+
+async def _quarantine_sandbox(runtime: Runtime, directory: Path, err: BaseException) -> None:
+    """A sandbox whose records cannot be read is unknown to kubelet's view: its VMs are stopped (found
+    by their ``-name``), its namespace removed, its directory kept aside for a person to look at."""
+    for container_dir in (p for p in directory.iterdir() if p.is_dir()):
+        _kill_vm_named(container_dir.name)
+    name = netns.netns_name(directory.name)
+    with contextlib.suppress(QmprtError):  # CNI DEL from the cache: its IPAM addresses are released
+        await runtime.networks.forget_half_created(directory.name, str(netns.netns_path(name)))
+    netns.remove(name)
+    target = _quarantine(runtime, directory, directory.name)
+    log.error("sandbox %s cannot be read (%s): moved to %s", directory.name[:12], err, target)
+
+
+def _quarantine_container(runtime: Runtime, directory: Path, err: BaseException) -> None:
+    _kill_vm_named(directory.name)
+    target = _quarantine(runtime, directory, f"{directory.parent.name}/{directory.name}")
+    log.error("container %s cannot be read (%s): its VM was stopped, moved to %s", directory.name[:12], err, target)
+
+
+def _kill_vm_named(container_id: str) -> None:
+    """SIGKILL the QEMU whose ``-name guest=`` is ``container_id`` (the same check adoption makes)."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if any(arg == f"guest={container_id}" or arg.startswith(f"guest={container_id},") for arg in cmdline):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+                log.warning("stopped QEMU pid %d of unreadable container %s", process.pid, container_id[:12])
 
 
 async def _undo_cut_start(runtime: Runtime, container: Container, cgroup: Cgroup | None) -> None:

@@ -220,3 +220,24 @@ async def test_a_start_cut_before_qemu_was_recorded_stays_created(tiny, tmp_path
     await restarted.start_container(container_id)
     await wait_for_log(restarted.container(container_id).log_path, tiny.ready_marker)
     assert restarted.container(container_id).status.state == ContainerState.RUNNING
+
+
+async def test_a_corrupt_record_is_quarantined_and_the_rest_recovers(tiny, tmp_path, runtime_dirs, runtimes) -> None:
+    runtime = await open_runtime(tiny, *runtime_dirs)
+    runtimes.append(runtime)
+    kept_id = await runtime.run_sandbox(sandbox_spec(tmp_path, "kept"))
+    broken_id = await runtime.run_sandbox(sandbox_spec(tmp_path, "broken"))
+    half_id = await runtime.create_container(kept_id, container_spec(metadata=ContainerMetadata(name="half")))
+    whole_id = await runtime.create_container(kept_id, container_spec(metadata=ContainerMetadata(name="whole")))
+    state_root = runtime.state_root
+    await runtime.close()
+    (state_root / "pods" / broken_id / "status.json").write_text('{"state": "re')  # torn by a disk fault
+    (state_root / "pods" / kept_id / half_id / "container.json").write_text('{"version": 1}')  # fields missing
+
+    restarted = await open_runtime(tiny, *runtime_dirs)
+    runtimes.append(restarted)
+    assert [info.id for info in restarted.list_sandboxes()] == [kept_id]
+    assert [info.id for info in restarted.list_containers()] == [whole_id]
+    assert (state_root / "quarantine" / broken_id / "sandbox.json").exists()
+    assert (state_root / "quarantine" / kept_id / half_id / "container.json").exists()
+    assert not netns.exists(netns.netns_name(broken_id))
