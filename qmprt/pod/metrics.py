@@ -2,8 +2,8 @@
 
 A container's metrics come from its VM's host side: the VM's cgroup (CPU, memory, block I/O, OOM
 kills, pids), QEMU's processes (threads, file descriptors, sockets), its overlay's filesystem and its
-spec; a pod's network metrics from the CNI interfaces in its network namespace, which carry every
-frame of the guest's NICs. Values are whole numbers, as the CRI's ``Metric.value`` (a uint64) is:
+spec; a pod's network metrics from the devices in its network namespace that carry every frame of
+the guest's NICs (the CNI interface, or its macvtap), named after the pod's interface. Values are whole numbers, as the CRI's ``Metric.value`` (a uint64) is:
 seconds are floored. Collection reads files and enters namespaces, so it runs in a worker thread.
 
 Every descriptor has the label keys ``BASE_LABELS`` (plus its own), and every sample the values for
@@ -261,15 +261,19 @@ def _network_samples(sandbox: Sandbox) -> Iterator[MetricSample]:
     network = sandbox.network
     if network is None:
         return
+    # tc-redirect: the CNI interface carries every frame of the guest's NIC (redirected both ways).
+    # macvtap: the guest's frames pass the macvtap, not the interface under it (a macvlan of the
+    # node's device, say), so its counters are the macvtap's; both are named after the pod's interface.
+    devices = {(link.device if link.mode == "macvtap" else link.ifname): link.ifname for link in network.links}
     try:
-        counters = interface_counters(network.netns_path, [link.ifname for link in network.links])
+        counters = interface_counters(network.netns_path, list(devices))
     except (QmprtError, OSError):
         return
     metadata = sandbox.spec.metadata
     samples = _Samples(("POD", sandbox.id, "", metadata.namespace, metadata.name), time.time_ns())
-    for ifname, interface in counters.items():
+    for device, interface in counters.items():
         for name, value in _NETWORK_FIELDS:
-            samples.add(name, value(interface), ifname)
+            samples.add(name, value(interface), devices[device])
     yield from samples.samples
 
 

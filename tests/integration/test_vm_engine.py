@@ -159,6 +159,7 @@ async def test_execs_run_side_by_side_and_keep_their_timeouts(tiny, tmp_path, ru
         await vm.agent.exec(["sleep", "30"], timeout=2)
     assert time.monotonic() - started < 3.5
     assert (await long_exec).exit_code == 0
+    await vm.stop(grace=30)
 
 
 def _start_in_child(config_json: str, state_dir: Path, run_dir: Path, cgroup_path: str, log: Path) -> subprocess.Popen[str]:
