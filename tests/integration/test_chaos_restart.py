@@ -152,3 +152,41 @@ def test_sigkill_at_random_points_loses_no_vm_and_leaves_nothing(
     # served() removed the anchor through the CRI and checked no QEMU is left; the rest is state.
     assert not list((server.state_dir / "pods").iterdir())
     assert not any(netns.exists(netns.netns_name(pod_id)) for pod_id in (anchor_pod,))
+
+
+def test_sigkill_during_pulls_leaves_no_partial_file(
+    tiny: TinyGuest, tmp_path_factory: pytest.TempPathFactory, chaos_iterations: int
+) -> None:
+    """A pull cut by SIGKILL leaves no partial download after the restart, and pulling again works."""
+    rng = random.Random(SEED + 1)
+    with served(tmp_path_factory.mktemp("pullchaos"), tiny, f"{TEST_CGROUP_ROOT}/pullchaos", IMAGE_NAME,
+                log_level="info") as server:
+        for iteration in range(chaos_iterations):
+            with grpc.insecure_channel(server.address) as channel:
+                images = api_pb2_grpc.ImageServiceStub(channel)
+                images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=IMAGE_NAME)), timeout=30)
+                pulled: list[str] = []
+
+                def pull() -> None:
+                    try:
+                        images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=IMAGE_NAME)), timeout=60)
+                        pulled.append("done")
+                    except grpc.RpcError:
+                        pass
+
+                worker = threading.Thread(target=pull)
+                worker.start()
+                time.sleep(rng.uniform(0.0, 0.3))
+                assert server.process is not None
+                server.process.kill()
+                server.process.wait(30)
+                server.process = None
+                worker.join(60)
+            server.start()
+            leftovers = list((server.state_dir / "images" / "tmp").iterdir())
+            assert not leftovers, (iteration, pulled, leftovers)
+            with grpc.insecure_channel(server.address) as channel:
+                images = api_pb2_grpc.ImageServiceStub(channel)
+                images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=IMAGE_NAME)), timeout=60)
+                status = images.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image=IMAGE_NAME)), timeout=30)
+                assert status.image.id.startswith("sha256:") and IMAGE_NAME in status.image.repo_tags
