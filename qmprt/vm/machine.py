@@ -33,7 +33,7 @@ from qmprt import state
 from qmprt.osutil import listening_unix_socket
 from qmprt.errors import FailedPrecondition, InvalidArgument, NotFound, ShutdownError, Unavailable, VMError, best_effort
 from qmprt.vm.agent import GuestAgent
-from qmprt.vm.console import ConsolePump, CRILogWriter
+from qmprt.vm.console import RAW_KEEP_BYTES, ConsolePump, CRILogWriter
 from qmprt.vm.devices import (
     Blockdev,
     PvPanic,
@@ -499,11 +499,12 @@ class VM:
         self._console_waiters = [(m, w) for m, w in self._console_waiters if not w.done()]
 
     async def wait_for_console(self, marker: str, timeout: float) -> None:
-        """Wait until ``marker`` appears on the serial console (from now, or already in the raw log)."""
+        """Wait until ``marker`` appears on the serial console (from now, or in the raw log's last
+        ``RAW_KEEP_BYTES``: older bytes are punched out, and a backlog not yet copied reaches the waiter
+        through the pump)."""
         needle = marker.encode()
-        with contextlib.suppress(FileNotFoundError):
-            if needle in self.console_raw.read_bytes():
-                return
+        if needle in _tail_bytes(self.console_raw, RAW_KEEP_BYTES):
+            return
         if self.status.state == VMState.EXITED:
             raise FailedPrecondition(f"VM {self.vm_id} has exited")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
