@@ -89,8 +89,10 @@ async def test_resources_become_guest_size_and_cgroup_limits(tiny, tmp_path, run
 
     # Shrinking goes through the balloon first; the cgroup limit follows.
     await runtime.update_resources(container_id, Resources(memory_limit_in_bytes=(192 + overhead) * MIB))
+    # The runtime lowers the limit once the guest is within 1 MiB of the target (the guest's balloon
+    # driver gives pages back in batches), so the figure read right after may still be above it.
     balloon = await vm.monitor.execute("query-balloon")
-    assert balloon["actual"] == 192 * MIB
+    assert 192 * MIB <= balloon["actual"] <= 193 * MIB
     assert container.cgroup.read_limits().memory_bytes == (192 + overhead) * MIB
 
     # A new cpuset moves every thread (the cgroup's cpuset follows).
