@@ -5,7 +5,8 @@
     [runtime]   state_dir, run_dir, socket, log_level, handlers (RuntimeClass handlers besides "")
     [vm]        accel ("auto" | "kvm" | "tcg"), machine ("q35" | "microvm"), cpus, memory_mib,
                 tcg_tb_size_mib (128; 0 = QEMU's default of 1 GiB), qemu_binary, stop_grace_seconds,
-                memory_overhead_mib, command_exit ("keep" | "poweroff")
+                memory_overhead_mib, command_exit ("keep" | "poweroff"), unprivileged (QEMU drops root:
+                true), uid_base and uid_count (the per-VM uids it drops to)
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent),
                 pids_max
     [metrics]   address (qmprt's Prometheus endpoint: "127.0.0.1:9437"; "" turns it off; port 0 picks one)
@@ -65,6 +66,11 @@ class VMDefaults:
     # What a container's command means when its pod does not say (qmprt.io/command-exit): "keep"
     # runs the VM on after it, "poweroff" makes it a job whose end is the container's exit.
     command_exit: str = "keep"
+    # QEMU drops root once started: each VM gets its own uid (= gid) from [uid_base, uid_base + uid_count),
+    # so one compromised emulator cannot signal or read another. False keeps QEMU root (debugging only).
+    unprivileged: bool = True
+    uid_base: int = 1_900_000_000
+    uid_count: int = 65536
 
     def validate(self) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -81,6 +87,11 @@ class VMDefaults:
             raise InvalidArgument("vm.tcg_tb_size_mib must be 0 (QEMU's default) or positive")
         if self.command_exit not in ("keep", "poweroff"):
             raise InvalidArgument(f"vm.command_exit must be keep or poweroff, not {self.command_exit!r}")
+        if self.uid_base < 1000 or self.uid_count < 1 or self.uid_base + self.uid_count > 2**32 - 2:
+            raise InvalidArgument(
+                "vm.uid_base must be at least 1000 and vm.uid_base + vm.uid_count at most 4294967294 "
+                "(a range of ids no account on the node uses)"
+            )
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from qmprt.cloudinit import COMMAND_EXIT_MARKER, SeedFormat, SeedSpec, write_seed_iso
-from qmprt.config import Config
-from qmprt.errors import InvalidArgument
+from qmprt.config import Config, VMDefaults
+from qmprt.errors import InvalidArgument, ResourceExhausted
 from qmprt.pod.model import ContainerSpec, SandboxSpec
 from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.network import PodNetwork, guest_dns
@@ -64,6 +65,20 @@ def write_seed(
     return path
 
 
+def allocate_vm_uid(defaults: VMDefaults, used: Iterable[int | None]) -> int | None:
+    """The lowest uid of ``[uid_base, uid_base + uid_count)`` no other VM has (None: QEMU stays root)."""
+    if not defaults.unprivileged:
+        return None
+    taken = {uid for uid in used if uid is not None}
+    for uid in range(defaults.uid_base, defaults.uid_base + defaults.uid_count):
+        if uid not in taken:
+            return uid
+    raise ResourceExhausted(
+        f"all {defaults.uid_count} VM user ids (vm.uid_base {defaults.uid_base}) are in use: "
+        "remove containers or raise vm.uid_count"
+    )
+
+
 def transport(machine: str) -> Transport:
     return "mmio" if machine == "microvm" else "pci"
 
@@ -109,4 +124,5 @@ def vm_config(
         binary=config.vm.qemu_binary,
         nics=network.nics() if network is not None else (),
         exit_status_marker=COMMAND_EXIT_MARKER if _is_job(record) else "",
+        run_as=(record.vm_uid, record.vm_uid) if record.vm_uid is not None else None,
     )

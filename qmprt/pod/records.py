@@ -100,6 +100,7 @@ class ContainerRecord:
     volume_args: tuple[str, ...] = ()  # rendered disks: devices, data, RBD, iSCSI volumes
     shares: tuple[dict[str, Any], ...] = ()  # virtiofs shares (qmprt.volumes.VirtiofsShare fields)
     command_exit: str = "keep"  # "poweroff": the command is a job; its status is the exit code
+    vm_uid: int | None = None  # the uid (and gid) its QEMU drops to; None: it stays root
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "spec": self.spec.to_json()}

@@ -401,6 +401,7 @@ class Runtime:
                     volume_args=plan.volume_args,
                     shares=shares_to_json(plan.shares),
                     command_exit=command_exit,
+                    vm_uid=guest.allocate_vm_uid(self.config.vm, (c.record.vm_uid for c in self.containers.values())),
                 )
                 # A layout this VM type or host cannot give is refused now, not at start.
                 check_host(guest.vm_config(container_id, directory, record, self.config, self.accel.accel).memory_plan())

@@ -119,9 +119,14 @@ class VMConfig:
     # When the guest powers off, the status after the last console line starting with this is the
     # exit code (a job's command reports its end so); empty: a power-off is exit 0.
     exit_status_marker: str = ""
+    # QEMU drops root once it has opened what it needs: it becomes this (uid, gid) and is confined to
+    # the VM's state directory (``-runas``, ``-chroot``). None: it stays root (engine tests, debugging).
+    run_as: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.memory_plan()
+        if self.run_as is not None and not all(0 < part < 2**32 - 1 for part in self.run_as):
+            raise InvalidArgument(f"a VM's user and group must be non-root ids, not {self.run_as}")
         if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args):
             raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
 
@@ -153,6 +158,7 @@ class VMConfig:
                 "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
                 "extra_args": tuple(document.get("extra_args", ())),
                 "nics": tuple(NICConfig(**nic) for nic in document.get("nics", ())),
+                "run_as": tuple(document["run_as"]) if document.get("run_as") else None,
             }
         )
 

@@ -12,6 +12,9 @@ because a unix socket path has at most 107 bytes)::
     run_dir/qga.sock          the guest agent        run_dir/console.sock    the interactive console
 
 QEMU runs in its own session, with stdin from /dev/null and stderr to a file, so it outlives qmprt.
+With ``VMConfig.run_as`` it starts as root, opens what it needs (disks, the sockets qmprt passes,
+/dev/kvm, taps, the console log), then chroots to ``state_dir`` and becomes that user: no capabilities,
+no supplementary groups, the state directory (0700 root) unreadable to it.
 """
 
 from __future__ import annotations
@@ -210,9 +213,11 @@ class VM:
 
     # -- rendering -------------------------------------------------------------------------------------
     @staticmethod
-    def render(config: VMConfig, fds: dict[str, int], console_log: str, nic_fds: Sequence[int] = ()) -> VMSpec:
+    def render(
+        config: VMConfig, fds: dict[str, int], console_log: str, nic_fds: Sequence[int] = (), jail: str | None = None,
+    ) -> VMSpec:
         """The full ``VMSpec`` of ``config``, given the fds of the qmprt-made listening sockets and one
-        tap fd per NIC of ``config.nics``."""
+        tap fd per NIC of ``config.nics``; a QEMU that drops root (``config.run_as``) chroots to ``jail``."""
         if len(nic_fds) != len(config.nics):
             raise InvalidArgument(f"{len(config.nics)} NICs configured but {len(nic_fds)} tap fds given")
         memory = config.memory_plan()
@@ -256,7 +261,8 @@ class VM:
             PvPanic(transport),
         ]
         return dataclasses.replace(
-            spec_probe, devices=tuple(devices), binary=config.binary, tcg_tb_size_mib=config.tcg_tb_size_mib
+            spec_probe, devices=tuple(devices), binary=config.binary, tcg_tb_size_mib=config.tcg_tb_size_mib,
+            run_as=config.run_as, chroot=jail if config.run_as is not None else None,
         )
 
     # -- start -----------------------------------------------------------------------------------------
@@ -292,7 +298,8 @@ class VM:
                 undo.callback(sock.close)
             undo.callback(vm._remove_sockets)
             spec = cls.render(
-                config, {name: sock.fileno() for name, sock in sockets.items()}, str(vm.console_raw), nic_fds
+                config, {name: sock.fileno() for name, sock in sockets.items()}, str(vm.console_raw), nic_fds,
+                jail=str(state_path.resolve()),
             )
             argv = spec.argv()
             state.write_json_atomic(

@@ -19,8 +19,11 @@ from qmprt.vm.devices import KernelBoot, MemoryBackend, NumaNode, Transport, key
 MachineType = Literal["q35", "microvm"]
 Accelerator = Literal["kvm", "tcg"]
 
-# Forbid what an emulator never needs: this is QEMU's own seccomp filter.
+# Forbid what an emulator never needs: this is QEMU's own seccomp filter. QEMU installs it before it
+# changes user (``-runas``), so a VM that drops root must keep setuid/setgid allowed; once QEMU runs
+# as that user with no capabilities, and cannot exec (spawn=deny), it has no way back to root.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+SANDBOX_DROPPING_ROOT = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
 
 
 class Device(Protocol):
@@ -42,8 +45,16 @@ class VMSpec:
     start_paused: bool = False
     memory_backends: tuple[MemoryBackend, ...] = ()
     numa_nodes: tuple[NumaNode, ...] = ()
+    # After it has opened everything (disks, sockets, /dev/kvm, taps), QEMU chroots to ``chroot`` and
+    # becomes ``run_as`` (uid, gid; no supplementary groups, no capabilities).
+    run_as: tuple[int, int] | None = None
+    chroot: str | None = None
 
     def __post_init__(self) -> None:
+        if self.run_as is not None and (self.run_as[0] <= 0 or self.run_as[1] <= 0):
+            raise ValueError(f"a VM's user and group must not be root, not {self.run_as}")
+        if self.chroot is not None and (self.run_as is None or not self.chroot.startswith("/")):
+            raise ValueError("a chroot needs an absolute directory and a user to drop to (root leaves a chroot)")
         if self.cpus < 1:
             raise ValueError(f"a VM needs at least one vCPU, not {self.cpus}")
         if self.memory_mib < 16:
@@ -96,10 +107,14 @@ class VMSpec:
             self.binary,
             "-name", f"guest={keyval_escape(self.name)},debug-threads=on",
             "-nodefaults", "-no-user-config", "-display", "none",
-            "-sandbox", SANDBOX,
+            "-sandbox", SANDBOX if self.run_as is None else SANDBOX_DROPPING_ROOT,
             "-msg", "timestamp=on",
             *self.machine_args(),
         ]
+        if self.run_as is not None:
+            argv += ["-runas", f"{self.run_as[0]}:{self.run_as[1]}"]
+        if self.chroot is not None:
+            argv += ["-chroot", self.chroot]
         if self.accel == "kvm":
             argv += ["-cpu", "host"]
         argv += [

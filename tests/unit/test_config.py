@@ -30,8 +30,12 @@ def test_file_env_and_overrides(tmp_path, monkeypatch) -> None:
         ("[gpu]\n", "unknown tables: gpu"),
         ("[runtime]\nstate_dir = 'rel'\n", "absolute"),
         ("[vm\n", "config file"),
+        ("[vm]\nuid_base = 0\n", "vm.uid_base"),
+        ("[vm]\nuid_base = 4294967000\n", "vm.uid_base"),
+        ("[vm]\nuid_count = 0\n", "vm.uid_base"),
     ],
-    ids=["bad-machine", "wrong-type", "unknown-key", "unknown-table", "relative-path", "bad-toml"],
+    ids=["bad-machine", "wrong-type", "unknown-key", "unknown-table", "relative-path", "bad-toml",
+         "uid-base-root", "uid-range-too-high", "no-uids"],
 )
 def test_rejects(tmp_path, monkeypatch, text, message) -> None:
     monkeypatch.delenv("QMPRT_ACCEL", raising=False)

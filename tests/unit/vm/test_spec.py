@@ -1,5 +1,6 @@
 """Golden tests: the argv qmprt renders for a VM is exactly the expected list."""
 
+import dataclasses
 import json
 
 import pytest
@@ -283,3 +284,37 @@ def test_a_nic_without_its_tap_fd_is_refused() -> None:
     config = VMConfig(vm_id="ctr1", root_disk=DiskConfig("/s/o.qcow2", "qcow2"), nics=(NICConfig("0a:58:0a:63:00:05"),))
     with pytest.raises(InvalidArgument, match="1 NICs configured but 0 tap fds"):
         VM.render(config, FDS, "/s/console.raw")
+
+
+def test_a_vm_that_drops_root_chroots_and_keeps_setuid_allowed() -> None:
+    config = VMConfig(vm_id="ctr1", root_disk=DiskConfig("/s/overlay.qcow2", "qcow2"), run_as=(1900000001, 1900000001))
+    argv = VM.render(config, FDS, "/s/console.raw", jail="/s").argv()
+    assert argv[:10] == [
+        "qemu-system-x86_64",
+        "-name", "guest=ctr1,debug-threads=on",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        # QEMU installs its filter before it changes user: setuid stays allowed, exec does not.
+        "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+        "-msg",
+    ]
+    at = argv.index("-runas")
+    assert argv[at:at + 4] == ["-runas", "1900000001:1900000001", "-chroot", "/s"]
+    # Without run_as there is neither, whatever jail says (a chroot does not hold root).
+    plain = VM.render(dataclasses.replace(config, run_as=None), FDS, "/s/console.raw", jail="/s").argv()
+    assert "-runas" not in plain and "-chroot" not in plain
+    assert VMConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"run_as": (0, 0)}, "must not be root"),
+        ({"run_as": (5, 0)}, "must not be root"),
+        ({"run_as": (5, 5), "chroot": "relative"}, "absolute"),
+        ({"chroot": "/s"}, "user to drop to"),
+    ],
+    ids=["root", "root-group", "relative-chroot", "chroot-as-root"],
+)
+def test_spec_refuses_a_drop_that_keeps_root(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VMSpec(name="x", machine="q35", accel="tcg", cpus=1, memory_mib=128, **fields)  # type: ignore[arg-type]
