@@ -2,7 +2,9 @@
 
 The plugin runs in a session of its own so a timeout kills everything it started (iptables, or the
 plugin itself when an ``exec_prefix`` such as ``nsenter --net=…`` exec'd it): nothing survives to
-hold the output pipes open.
+hold the output pipes open. It also dies with qmprt (``setpriv --pdeathsig KILL``, util-linux): an
+ADD still running after qmprt was killed would go on changing the node while the restarted qmprt
+cleans up after it, and could finish after that clean-up DEL.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +33,11 @@ class CNIPluginError(InternalError):
         self.code = code
         self.msg = msg
         self.details = details
+
+
+_SETPRIV = shutil.which("setpriv")
+# Runs before any exec_prefix, so the death signal stays set through nsenter's exec of the plugin.
+DIE_WITH_QMPRT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 
 
 def find_binary(bin_dirs: Sequence[Path], plugin_type: str) -> Path:
@@ -61,6 +69,7 @@ async def _run_plugin(
 ) -> bytes:
     try:
         process = await asyncio.create_subprocess_exec(
+            *DIE_WITH_QMPRT,
             *exec_prefix,
             str(binary),
             stdin=asyncio.subprocess.PIPE,

@@ -11,6 +11,7 @@ through a macvlan shim of its own). Each layout runs in both wiring modes. Addre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,50 +175,64 @@ def macvlan(node: Node) -> dict[str, Any]:
 LAYOUTS = {"flannel": flannel_like, "calico": calico_like, "macvlan": macvlan}
 
 
-@pytest.fixture(scope="module")
-def node(tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    links_before = host_links()
+@contextlib.contextmanager
+def node_with_server(
+    tiny: TinyGuest, directory: Path, cgroup: str, cni_settings: str, setup: Sequence[Sequence[str]] = (),
+    **options: Any,
+) -> Iterator[Node]:
+    """A node namespace with ``setup`` run in it, and a ``qmprt serve`` of its own inside (its CNI
+    plugins from ``<directory>/bin``, then Debian's; ``cni_settings`` are more ``[cni]`` lines), shut
+    down and checked at the end. The caller starts the server."""
     name = f"qmprt-tn{secrets.token_hex(4)}"
     path = netns.create(name)
-    directory = tmp_path_factory.mktemp("podnet")
     socket_dir = Path(f"/tmp/qmprt-n-{secrets.token_hex(4)}")
     socket_dir.mkdir(mode=0o700)
-    ipam_dir = directory / "ipam"
-    bin_dir = directory / "bin"  # a failing plugin for the cleanup test, beside Debian's
+    bin_dir = directory / "bin"  # the tests' own plugins, beside Debian's
     bin_dir.mkdir()
     server = ServerProcess(
-        directory, socket_dir, tiny, f"{TEST_CGROUP_ROOT}/net", IMAGE_NAME,
-        cni_settings=f'bin_dirs = ["{bin_dir}", "{BIN_DIR}"]\nplugin_timeout_seconds = 20\nmax_networks = 2',
-        exec_prefix=["nsenter", f"--net={path}", "--"],
+        directory, socket_dir, tiny, cgroup, IMAGE_NAME,
+        cni_settings=f'bin_dirs = ["{bin_dir}", "{BIN_DIR}"]\n{cni_settings}',
+        exec_prefix=["nsenter", f"--net={path}", "--"], **options,
     )
-    the_node = Node(name, path, ipam_dir, server, bin_dir, [])
+    the_node = Node(name, path, directory / "ipam", server, bin_dir, [])
     try:
-        for argv in (
-            ["ip", "link", "set", "lo", "up"],
-            ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-            ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-            # The macvlan master: one end of a veth (this kernel has no dummy), and the node's own
-            # macvlan beside the pods' (a macvlan parent cannot talk to its children).
-            ["ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"],
-            ["ip", "link", "set", "uplink0p", "up"],
-            ["ip", "link", "set", "uplink0", "up"],
-            ["ip", "link", "add", "shim0", "link", "uplink0", "type", "macvlan", "mode", "bridge"],
-            ["ip", "addr", "add", "10.98.3.2/24", "dev", "shim0"],
-            ["ip", "link", "set", "shim0", "up"],
-            # The node's own address, where hostPorts are published.
-            ["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p"],
-            ["ip", "addr", "add", "10.98.255.1/32", "dev", "node0"],
-            ["ip", "link", "set", "node0", "up"],
-        ):
+        the_node.run("ip", "link", "set", "lo", "up")
+        for argv in setup:
             the_node.run(*argv)
-        image_dhcp_variant(server, tiny)
-        server.start()
         yield the_node
     finally:
         leaked = server.shut_down()
         netns.remove(name)
         shutil.rmtree(socket_dir, ignore_errors=True)
         assert not leaked, f"the tests left VMs behind: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def node(tiny: TinyGuest, cgroup_driver: cgroups.CgroupDriver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    links_before = host_links()
+    setup = (
+        ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        # The macvlan master: one end of a veth (this kernel has no dummy), and the node's own
+        # macvlan beside the pods' (a macvlan parent cannot talk to its children).
+        ["ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"],
+        ["ip", "link", "set", "uplink0p", "up"],
+        ["ip", "link", "set", "uplink0", "up"],
+        ["ip", "link", "add", "shim0", "link", "uplink0", "type", "macvlan", "mode", "bridge"],
+        ["ip", "addr", "add", "10.98.3.2/24", "dev", "shim0"],
+        ["ip", "link", "set", "shim0", "up"],
+        # The node's own address, where hostPorts are published.
+        ["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p"],
+        ["ip", "addr", "add", "10.98.255.1/32", "dev", "node0"],
+        ["ip", "link", "set", "node0", "up"],
+    )
+    with node_with_server(
+        tiny, tmp_path_factory.mktemp("podnet"), f"{TEST_CGROUP_ROOT}/net",
+        "plugin_timeout_seconds = 20\nmax_networks = 2", setup,
+    ) as the_node:
+        image_dhcp_variant(the_node.server, tiny)
+        the_node.server.start()
+        yield the_node
     assert host_links() == links_before, "something touched the machine's own namespace"
     assert not pod_namespaces(the_node.sandbox_ids), "a pod namespace was left behind"
 
