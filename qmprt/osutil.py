@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from qmprt.errors import DeadlineExceeded, InternalError, InvalidArgument
+from qmprt.errors import DeadlineExceeded, InternalError, InvalidArgument, ResourceExhausted
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
 
@@ -50,5 +50,8 @@ async def run_bounded(argv: Sequence[str], timeout: float) -> bytes:
             raise DeadlineExceeded(f"{' '.join(argv[:2])} did not finish in {timeout:.0f} s") from err
         raise
     if process.returncode != 0:
-        raise InternalError(f"{' '.join(argv[:2])} failed: {stderr.decode(errors='replace').strip()}")
+        message = f"{' '.join(argv[:2])} failed: {stderr.decode(errors='replace').strip()}"
+        if "No space left on device" in message or "Disk quota exceeded" in message:
+            raise ResourceExhausted(f"{message}; free space on the node's disk and retry")
+        raise InternalError(message)
     return stdout

@@ -50,7 +50,9 @@ def write_json_atomic(path: str | os.PathLike[str], document: Any, *, exclusive:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a nearly full disk takes part of a write; the next one raises ENOSPC
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -2,8 +2,9 @@
 
 Servicers raise ``qmprt.errors`` classes (or let the pod layer raise them) and never call
 ``context.abort`` for them. ``NotImplementedError`` stands for an RPC qmprt does not serve (yet):
-it answers UNIMPLEMENTED with the exception's message. Anything else is a bug: INTERNAL, with the
-traceback in the log.
+it answers UNIMPLEMENTED with the exception's message. An ``OSError`` of a full disk or quota
+(ENOSPC, EDQUOT) is the node's condition: RESOURCE_EXHAUSTED, saying where. Anything else is a bug:
+INTERNAL, with the traceback in the log.
 
 Log levels: the calls kubelet repeats every second or so (lists, statuses, stats, Version, Status,
 ImageFsInfo) log at DEBUG when they succeed, everything else at INFO; failures at WARNING, and
@@ -13,6 +14,7 @@ INTERNAL at ERROR.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,10 +57,20 @@ _POLLED = frozenset(
 )
 
 
+# A full disk (or quota) is the node's condition, not a bug: kubelet may retry once space is freed.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _NO_SPACE
+
+
 def status_code(error: BaseException) -> grpc.StatusCode:
     """The status code a raised exception answers with."""
     if isinstance(error, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED
+    if _no_space(error):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     for cls, code in STATUS_CODES:
         if isinstance(error, cls):
             return code
@@ -91,6 +103,13 @@ class _Call:
         code = status_code(error)
         unexpected = code == grpc.StatusCode.INTERNAL and not isinstance(error, errors.QmprtError)
         detail = str(error) or type(error).__name__
+        if _no_space(error):
+            assert isinstance(error, OSError)
+            detail = (
+                f"the node's disk is full ({error.strerror}"
+                + (f": {error.filename}" if error.filename else "")
+                + "); free space there and retry"
+            )
         if unexpected:
             detail = f"{type(error).__name__}: {detail}"
         self.done(code, detail, traceback=unexpected)

@@ -60,6 +60,34 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch) -> None:
     assert os.listdir(tmp_path) == ["s.json"]
 
 
+def test_a_short_write_goes_on_and_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch) -> None:
+    """A nearly full disk takes part of a write: the rest is written, or the next write's ENOSPC
+    leaves the old file and no temp file (never a truncated document in place)."""
+    import errno
+
+    path = tmp_path / "s.json"
+    real_write = os.write
+    room = {"bytes": 10}
+
+    def short_write(fd: int, data: bytes) -> int:
+        if room["bytes"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = min(len(data), room["bytes"])
+        room["bytes"] -= taken
+        return real_write(fd, bytes(data[:taken]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    room["bytes"] = 1 << 20
+    state.write_json_atomic(path, {"whole": "x" * 100})
+    room["bytes"] = 10
+    with pytest.raises(OSError) as caught:
+        state.write_json_atomic(path, {"new": "y" * 100})
+    monkeypatch.undo()
+    assert caught.value.errno == errno.ENOSPC
+    assert state.read_json(path) == {"whole": "x" * 100}
+    assert os.listdir(tmp_path) == ["s.json"]
+
+
 def test_private_dir(tmp_path) -> None:
     directory = tmp_path / "a" / "b"
     state.ensure_private_dir(directory)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 
 import grpc
 import pytest
@@ -90,3 +92,17 @@ async def test_streaming_get_container_events_is_unimplemented(client: Client) -
     code, message = await status_of(drain())
     assert code == grpc.StatusCode.UNIMPLEMENTED
     assert "Evented PLEG" in message
+
+
+@pytest.mark.parametrize("number", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+async def test_a_full_disk_is_resource_exhausted_and_says_where(client: Client, fake: FakeRuntime, number: int) -> None:
+    fake.fail_next["run_sandbox"] = OSError(number, os.strerror(number), "/var/lib/qmprt/pods/x/sandbox.json")
+    code, message = await status_of(client.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config())))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message == (
+        f"the node's disk is full ({os.strerror(number)}: /var/lib/qmprt/pods/x/sandbox.json); free space there and retry"
+    )
+    # Other OS errors stay what they are: bugs.
+    fake.fail_next["run_sandbox"] = OSError(errno.EIO, "Input/output error")
+    code, _ = await status_of(client.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config())))
+    assert code == grpc.StatusCode.INTERNAL
