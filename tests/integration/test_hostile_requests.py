@@ -230,6 +230,11 @@ async def test_hostile_requests_get_clear_codes_and_leave_nothing(
     finally:
         stop.set()
         await pinger
+    names = ["RunPodSandbox", "CreateContainer", "UpdateRuntimeConfig", "PodSandboxStatus", "ContainerStatus",
+             "ExecSync", "UpdateContainerResources", "ListContainers", "ListPodSandbox", "ReopenContainerLog",
+             "ImageStatus", "RemoveImage"]
+    assert len(names) == len(calls)
+    print("hostile requests, codes by call:", {names[int(index)]: by_code for index, by_code in sorted(codes.items())})
     assert not bad, "\n".join(bad)
     assert slowest_version < 1.0, f"Version took {slowest_version:.2f} s while hostile requests ran"
     assert any("OK" in by_code for by_code in codes.values()), codes
