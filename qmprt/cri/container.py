@@ -6,7 +6,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.cri import convert
+from qmprt.cri import answers, convert
 from qmprt.cri.backend import Handlers
 from qmprt.errors import InvalidArgument, NotFound
 
@@ -48,7 +48,7 @@ class ContainerHandlers(Handlers):
             )
         except NotFound:
             found = []  # a filter on an id nobody has matches nothing; it is not an error
-        return cri.ListContainersResponse(containers=[convert.container(info) for info in found])
+        return cri.ListContainersResponse(containers=[answers.container(info) for info in found])
 
     async def ContainerStatus(
         self, request: cri.ContainerStatusRequest, context: Any
@@ -57,7 +57,7 @@ class ContainerHandlers(Handlers):
         info = self.runtime.container(request.container_id)
         verbose = {}
         if request.verbose:
-            verbose = convert.verbose_info(
+            verbose = answers.verbose_info(
                 {
                     "id": info.id,
                     "sandboxID": info.sandbox_id,
@@ -67,7 +67,7 @@ class ContainerHandlers(Handlers):
                     "status": info.status.to_json(),
                 }
             )
-        return cri.ContainerStatusResponse(status=convert.container_status(info), info=verbose)
+        return cri.ContainerStatusResponse(status=answers.container_status(info), info=verbose)
 
     async def ReopenContainerLog(
         self, request: cri.ReopenContainerLogRequest, context: Any

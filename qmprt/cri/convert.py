@@ -1,17 +1,16 @@
-"""Protobuf ↔ the pod layer's dataclasses, and the one mapping of internal states to CRI enums.
+"""CRI requests → the pod layer's dataclasses, and the one mapping of internal states to CRI enums.
 
 Requests are validated here, at the edge: whatever a person or kubelet can get wrong in a request
 raises ``InvalidArgument`` with a message naming the field. Maps (labels, annotations) are copied
-key by key and never normalised, so they round-trip byte for byte.
+key by key and never normalised, so they round-trip byte for byte. The way back, dataclasses →
+the protobuf messages of answers, is ``qmprt.cri.answers``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
@@ -19,8 +18,6 @@ from cri_api.v1 import api_pb2 as cri
 from qmprt.cloudinit import check_hostname
 from qmprt.cri import validate
 from qmprt.errors import InvalidArgument
-from qmprt.image import ImageRecord
-from qmprt.pod.metrics import DESCRIPTORS, MetricSample, SandboxMetricsInfo
 from qmprt.pod.model import (
     ContainerMetadata,
     ContainerSpec,
@@ -33,7 +30,6 @@ from qmprt.pod.model import (
     SandboxSpec,
 )
 from qmprt.pod.states import ContainerState, SandboxState
-from qmprt.pod.types import ContainerInfo, ContainerStatsInfo, SandboxInfo, SandboxStatsInfo
 
 # -- states ---------------------------------------------------------------------------------------
 
@@ -228,6 +224,13 @@ def container_spec(config: cri.ContainerConfig) -> ContainerSpec:
     )
 
 
+# The fields ``Resources`` and ``LinuxContainerResources`` share, by name and type (both ways).
+RESOURCE_SCALARS = (
+    "cpu_period", "cpu_quota", "cpu_shares", "memory_limit_in_bytes",
+    "cpuset_cpus", "cpuset_mems", "oom_score_adj", "memory_swap_limit_in_bytes",
+)
+
+
 def resources(linux: cri.LinuxContainerResources, where: str) -> Resources:
     for name in ("cpu_period", "cpu_shares", "memory_limit_in_bytes", "memory_swap_limit_in_bytes"):
         if getattr(linux, name) < 0:
@@ -238,258 +241,7 @@ def resources(linux: cri.LinuxContainerResources, where: str) -> Resources:
         raise InvalidArgument(f"{where}.cpu_quota is set without cpu_period")
     validate.resources(linux, where)
     return Resources(
-        cpu_period=linux.cpu_period,
-        cpu_quota=linux.cpu_quota,
-        cpu_shares=linux.cpu_shares,
-        memory_limit_in_bytes=linux.memory_limit_in_bytes,
-        cpuset_cpus=linux.cpuset_cpus,
-        cpuset_mems=linux.cpuset_mems,
-        oom_score_adj=linux.oom_score_adj,
-        memory_swap_limit_in_bytes=linux.memory_swap_limit_in_bytes,
+        **{name: getattr(linux, name) for name in RESOURCE_SCALARS},
         hugepage_limits=tuple((limit.page_size, limit.limit) for limit in linux.hugepage_limits),
         unified=tuple(sorted(linux.unified.items())),
-    )
-
-
-# -- dataclasses → protobuf -----------------------------------------------------------------------
-
-
-def linux_resources(value: Resources) -> cri.LinuxContainerResources:
-    return cri.LinuxContainerResources(
-        cpu_period=value.cpu_period,
-        cpu_quota=value.cpu_quota,
-        cpu_shares=value.cpu_shares,
-        memory_limit_in_bytes=value.memory_limit_in_bytes,
-        oom_score_adj=value.oom_score_adj,
-        cpuset_cpus=value.cpuset_cpus,
-        cpuset_mems=value.cpuset_mems,
-        hugepage_limits=[cri.HugepageLimit(page_size=size, limit=limit) for size, limit in value.hugepage_limits],
-        unified=dict(value.unified),
-        memory_swap_limit_in_bytes=value.memory_swap_limit_in_bytes,
-    )
-
-
-def sandbox_metadata(metadata: SandboxMetadata) -> cri.PodSandboxMetadata:
-    return cri.PodSandboxMetadata(
-        name=metadata.name, uid=metadata.uid, namespace=metadata.namespace, attempt=metadata.attempt
-    )
-
-
-def container_metadata(metadata: ContainerMetadata) -> cri.ContainerMetadata:
-    return cri.ContainerMetadata(name=metadata.name, attempt=metadata.attempt)
-
-
-def pod_sandbox(info: SandboxInfo) -> cri.PodSandbox:
-    return cri.PodSandbox(
-        id=info.id,
-        metadata=sandbox_metadata(info.spec.metadata),
-        state=cri_state(info.status.state),
-        created_at=info.status.created_at_ns,
-        labels=dict(info.spec.labels),
-        annotations=dict(info.spec.annotations),
-        runtime_handler=info.spec.runtime_handler,
-    )
-
-
-def pod_sandbox_status(info: SandboxInfo) -> cri.PodSandboxStatus:
-    status = info.status
-    return cri.PodSandboxStatus(
-        id=info.id,
-        metadata=sandbox_metadata(info.spec.metadata),
-        state=cri_state(status.state),
-        created_at=status.created_at_ns,
-        network=cri.PodSandboxNetworkStatus(
-            ip=status.ip, additional_ips=[cri.PodIP(ip=ip) for ip in status.additional_ips]
-        ),
-        linux=cri.LinuxPodSandboxStatus(
-            namespaces=cri.Namespace(
-                options=cri.NamespaceOption(network=cri.POD, pid=cri.POD, ipc=cri.POD)
-            )
-        ),
-        labels=dict(info.spec.labels),
-        annotations=dict(info.spec.annotations),
-        runtime_handler=info.spec.runtime_handler,
-    )
-
-
-def container(info: ContainerInfo) -> cri.Container:
-    return cri.Container(
-        id=info.id,
-        pod_sandbox_id=info.sandbox_id,
-        metadata=container_metadata(info.spec.metadata),
-        image=cri.ImageSpec(image=info.spec.image),
-        image_ref=info.image_ref,
-        image_id=info.image_ref,
-        state=cri_state(info.status.state),
-        created_at=info.status.created_at_ns,
-        labels=dict(info.spec.labels),
-        annotations=dict(info.spec.annotations),
-    )
-
-
-def container_status(info: ContainerInfo) -> cri.ContainerStatus:
-    spec, status = info.spec, info.status
-    return cri.ContainerStatus(
-        id=info.id,
-        metadata=container_metadata(spec.metadata),
-        state=cri_state(status.state),
-        created_at=status.created_at_ns,
-        started_at=status.started_at_ns,
-        finished_at=status.finished_at_ns,
-        exit_code=status.exit_code,
-        image=cri.ImageSpec(image=spec.image),
-        image_ref=info.image_ref,
-        image_id=info.image_ref,
-        reason=status.reason,
-        message=status.message,
-        labels=dict(spec.labels),
-        annotations=dict(spec.annotations),
-        mounts=[
-            cri.Mount(
-                container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
-                propagation=cri.MountPropagation.Value(m.propagation),
-            )
-            for m in spec.mounts
-        ],
-        log_path=info.log_path,
-        resources=cri.ContainerResources(linux=linux_resources(spec.resources)) if spec.resources else None,
-    )
-
-
-def verbose_info(document: Mapping[str, Any]) -> dict[str, str]:
-    """The ``info`` map of a verbose status answer: one JSON document under "info", as containerd does."""
-    return {"info": json.dumps(document, default=_json_default, sort_keys=True)}
-
-
-def _json_default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    return str(value)
-
-
-# -- stats and images -----------------------------------------------------------------------------
-
-
-def _uint(value: int | None) -> cri.UInt64Value | None:
-    return None if value is None else cri.UInt64Value(value=max(0, value))
-
-
-def filesystem_usage(timestamp_ns: int, mountpoint: str, used_bytes: int, inodes_used: int) -> cri.FilesystemUsage:
-    return cri.FilesystemUsage(
-        timestamp=timestamp_ns,
-        fs_id=cri.FilesystemIdentifier(mountpoint=mountpoint),
-        used_bytes=cri.UInt64Value(value=max(0, used_bytes)),
-        inodes_used=cri.UInt64Value(value=max(0, inodes_used)),
-    )
-
-
-def _cpu(timestamp_ns: int, usage_ns: int | None) -> cri.CpuUsage:
-    return cri.CpuUsage(timestamp=timestamp_ns, usage_core_nano_seconds=_uint(usage_ns))
-
-
-def _memory(timestamp_ns: int, working_set: int | None, usage: int | None, rss: int | None) -> cri.MemoryUsage:
-    return cri.MemoryUsage(
-        timestamp=timestamp_ns,
-        working_set_bytes=_uint(working_set),
-        usage_bytes=_uint(usage),
-        rss_bytes=_uint(rss),
-    )
-
-
-def container_stats(info: ContainerStatsInfo) -> cri.ContainerStats:
-    return cri.ContainerStats(
-        attributes=cri.ContainerAttributes(
-            id=info.container_id,
-            metadata=container_metadata(info.spec.metadata),
-            labels=dict(info.spec.labels),
-            annotations=dict(info.spec.annotations),
-        ),
-        cpu=_cpu(info.timestamp_ns, info.cpu_usage_ns),
-        memory=_memory(
-            info.timestamp_ns, info.memory_working_set_bytes, info.memory_usage_bytes, info.memory_rss_bytes
-        ),
-        writable_layer=filesystem_usage(
-            info.timestamp_ns,
-            info.writable_layer_mountpoint,
-            info.writable_layer_bytes,
-            info.writable_layer_inodes,
-        ),
-    )
-
-
-def pod_sandbox_stats(info: SandboxStatsInfo) -> cri.PodSandboxStats:
-    return cri.PodSandboxStats(
-        attributes=cri.PodSandboxAttributes(
-            id=info.sandbox_id,
-            metadata=sandbox_metadata(info.spec.metadata),
-            labels=dict(info.spec.labels),
-            annotations=dict(info.spec.annotations),
-        ),
-        linux=cri.LinuxPodSandboxStats(
-            cpu=_cpu(info.timestamp_ns, info.cpu_usage_ns),
-            memory=_memory(
-                info.timestamp_ns, info.memory_working_set_bytes, info.memory_usage_bytes, info.memory_rss_bytes
-            ),
-            containers=[container_stats(container) for container in info.containers],
-        ),
-    )
-
-
-def image(record: ImageRecord) -> cri.Image:
-    repo_digests: list[str] = []
-    for name in record.names:
-        repo_digest = f"{_repository(name)}@{record.digest}"
-        if repo_digest not in repo_digests:
-            repo_digests.append(repo_digest)
-    return cri.Image(
-        id=record.digest,
-        repo_tags=list(record.names),
-        repo_digests=repo_digests,
-        size=record.size_bytes,
-        spec=cri.ImageSpec(image=record.digest),
-    )
-
-
-def _repository(name: str) -> str:
-    """``registry/repo:tag`` → ``registry/repo``; names without a tag (URLs, bare names) stay whole."""
-    head, _, tail = name.rpartition("/")
-    if ":" in tail and "://" not in name:
-        return f"{head}/{tail.split(':', 1)[0]}" if head else tail.split(":", 1)[0]
-    return name
-
-
-# -- metrics (cAdvisor-style, for kubelet's CRI-only stats) ----------------------------------------
-
-_METRIC_TYPES = {"counter": cri.COUNTER, "gauge": cri.GAUGE}
-
-
-def metric_descriptors() -> list[cri.MetricDescriptor]:
-    return [
-        cri.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.label_keys)) for d in DESCRIPTORS
-    ]
-
-
-def _metrics(samples: Sequence[MetricSample]) -> list[cri.Metric]:
-    return [
-        cri.Metric(
-            name=sample.name,
-            timestamp=sample.timestamp_ns,
-            metric_type=_METRIC_TYPES[sample.kind],
-            label_values=list(sample.label_values),
-            value=cri.UInt64Value(value=sample.value),
-        )
-        for sample in samples
-    ]
-
-
-def pod_sandbox_metrics(info: SandboxMetricsInfo) -> cri.PodSandboxMetrics:
-    return cri.PodSandboxMetrics(
-        pod_sandbox_id=info.sandbox_id,
-        metrics=_metrics(info.samples),
-        container_metrics=[
-            cri.ContainerMetrics(container_id=container.container_id, metrics=_metrics(container.samples))
-            for container in info.containers
-        ],
     )

@@ -12,7 +12,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as cri
 
 from qmprt import telemetry
-from qmprt.cri import convert, validate
+from qmprt.cri import answers, validate
 from qmprt.cri.backend import Handlers
 from qmprt.errors import InvalidArgument
 from qmprt.image import PullAuth
@@ -27,7 +27,7 @@ class ImageHandlers(Handlers):
             records = [] if record is None else [record]
         else:
             records = list(store.list())
-        return cri.ListImagesResponse(images=[convert.image(record) for record in records])
+        return cri.ListImagesResponse(images=[answers.image(record) for record in records])
 
     async def ImageStatus(self, request: cri.ImageStatusRequest, context: Any) -> cri.ImageStatusResponse:
         if not request.image.image:
@@ -37,8 +37,8 @@ class ImageHandlers(Handlers):
             return cri.ImageStatusResponse()  # unknown: no image, and no error (kubelet then pulls)
         info = {}
         if request.verbose:
-            info = convert.verbose_info({"id": record.digest, "record": record})
-        return cri.ImageStatusResponse(image=convert.image(record), info=info)
+            info = answers.verbose_info({"id": record.digest, "record": record})
+        return cri.ImageStatusResponse(image=answers.image(record), info=info)
 
     async def PullImage(self, request: cri.PullImageRequest, context: Any) -> cri.PullImageResponse:
         name = request.image.image
@@ -61,7 +61,7 @@ class ImageHandlers(Handlers):
 
     async def ImageFsInfo(self, request: cri.ImageFsInfoRequest, context: Any) -> cri.ImageFsInfoResponse:
         usage = self.runtime.images.fs_usage()
-        filesystem = convert.filesystem_usage(usage.timestamp_ns, usage.mountpoint, usage.used_bytes, usage.inodes_used)
+        filesystem = answers.filesystem_usage(usage.timestamp_ns, usage.mountpoint, usage.used_bytes, usage.inodes_used)
         # Overlays live under the same state root as the images, so the writable layers share the
         # image filesystem (as containerd reports it when both sit on one disk).
         return cri.ImageFsInfoResponse(image_filesystems=[filesystem], container_filesystems=[filesystem])

@@ -7,7 +7,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.cri import convert
+from qmprt.cri import answers, convert
 from qmprt.cri.backend import Handlers
 from qmprt.errors import InvalidArgument, NotFound
 
@@ -49,14 +49,14 @@ class SandboxHandlers(Handlers):
         info = self.runtime.sandbox(request.pod_sandbox_id)
         verbose = {}
         if request.verbose:
-            verbose = convert.verbose_info(
+            verbose = answers.verbose_info(
                 {
                     "id": info.id, "spec": info.spec, "status": info.status.to_json(),
                     "network": self.runtime.sandbox_network(info.id),
                 }
             )
         return cri.PodSandboxStatusResponse(
-            status=convert.pod_sandbox_status(info), info=verbose, timestamp=time.time_ns()
+            status=answers.pod_sandbox_status(info), info=verbose, timestamp=time.time_ns()
         )
 
     async def ListPodSandbox(self, request: cri.ListPodSandboxRequest, context: Any) -> cri.ListPodSandboxResponse:
@@ -66,4 +66,4 @@ class SandboxHandlers(Handlers):
             found = self.runtime.list_sandboxes(id=wanted.id, state=state, labels=dict(wanted.label_selector))
         except NotFound:
             found = []  # a filter on an id nobody has matches nothing; it is not an error
-        return cri.ListPodSandboxResponse(items=[convert.pod_sandbox(info) for info in found])
+        return cri.ListPodSandboxResponse(items=[answers.pod_sandbox(info) for info in found])

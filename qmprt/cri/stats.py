@@ -11,7 +11,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.cri import convert
+from qmprt.cri import answers, convert
 from qmprt.cri.backend import Handlers
 from qmprt.errors import NotFound
 
@@ -20,7 +20,7 @@ class StatsHandlers(Handlers):
     async def ContainerStats(self, request: cri.ContainerStatsRequest, context: Any) -> cri.ContainerStatsResponse:
         convert.require_id(request.container_id, "container_id")
         info = await self.runtime.container_stats(request.container_id)
-        return cri.ContainerStatsResponse(stats=convert.container_stats(info))
+        return cri.ContainerStatsResponse(stats=answers.container_stats(info))
 
     async def ListContainerStats(
         self, request: cri.ListContainerStatsRequest, context: Any
@@ -32,14 +32,14 @@ class StatsHandlers(Handlers):
             )
         except NotFound:
             found = []
-        return cri.ListContainerStatsResponse(stats=[convert.container_stats(info) for info in found])
+        return cri.ListContainerStatsResponse(stats=[answers.container_stats(info) for info in found])
 
     async def PodSandboxStats(
         self, request: cri.PodSandboxStatsRequest, context: Any
     ) -> cri.PodSandboxStatsResponse:
         convert.require_id(request.pod_sandbox_id, "pod_sandbox_id")
         info = await self.runtime.sandbox_stats(request.pod_sandbox_id)
-        return cri.PodSandboxStatsResponse(stats=convert.pod_sandbox_stats(info))
+        return cri.PodSandboxStatsResponse(stats=answers.pod_sandbox_stats(info))
 
     async def ListPodSandboxStats(
         self, request: cri.ListPodSandboxStatsRequest, context: Any
@@ -49,15 +49,15 @@ class StatsHandlers(Handlers):
             found = await self.runtime.list_sandbox_stats(id=wanted.id, labels=dict(wanted.label_selector))
         except NotFound:
             found = []
-        return cri.ListPodSandboxStatsResponse(stats=[convert.pod_sandbox_stats(info) for info in found])
+        return cri.ListPodSandboxStatsResponse(stats=[answers.pod_sandbox_stats(info) for info in found])
 
     async def ListMetricDescriptors(
         self, request: cri.ListMetricDescriptorsRequest, context: Any
     ) -> cri.ListMetricDescriptorsResponse:
-        return cri.ListMetricDescriptorsResponse(descriptors=convert.metric_descriptors())
+        return cri.ListMetricDescriptorsResponse(descriptors=answers.metric_descriptors())
 
     async def ListPodSandboxMetrics(
         self, request: cri.ListPodSandboxMetricsRequest, context: Any
     ) -> cri.ListPodSandboxMetricsResponse:
         found = await self.runtime.list_sandbox_metrics()
-        return cri.ListPodSandboxMetricsResponse(pod_metrics=[convert.pod_sandbox_metrics(info) for info in found])
+        return cri.ListPodSandboxMetricsResponse(pod_metrics=[answers.pod_sandbox_metrics(info) for info in found])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.cri import convert
+from qmprt.cri import answers, convert
 from qmprt.errors import InvalidArgument
 from qmprt.pod.model import Resources
 from qmprt.pod.states import ContainerState, SandboxState
@@ -39,8 +39,8 @@ def test_resources_round_trip() -> None:
     )
     resources = convert.resources(linux, "linux")
     assert resources.unified == (("memory.high", "1"), ("memory.min", "2"))
-    assert convert.linux_resources(resources) == linux
-    assert convert.linux_resources(Resources()) == cri.LinuxContainerResources()
+    assert answers.linux_resources(resources) == linux
+    assert answers.linux_resources(Resources()) == cri.LinuxContainerResources()
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_resources_round_trip() -> None:
     ids=["bare", "tagged", "registry-port-tag", "registry-port", "url"],
 )
 def test_repo_digests_drop_the_tag(name: str, repository: str) -> None:
-    assert convert._repository(name) == repository
+    assert answers._repository(name) == repository
 
 
 def test_sandbox_spec_keeps_everything_the_pod_layer_needs() -> None:
