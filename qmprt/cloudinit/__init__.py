@@ -18,13 +18,11 @@ from qmprt.cloudinit.configdrive import (
     render_network_data_json,
 )
 from qmprt.cloudinit.iso import VOLUME_LABEL, SeedFormat, seed_files, write_nocloud_iso, write_seed_iso
+from qmprt.cloudinit.network import DNSConfig, NetworkInterface, Route
 from qmprt.cloudinit.seed import (
     COMMAND_EXIT_MARKER,
     COMMAND_PATH,
     ENVIRONMENT_PATH,
-    DNSConfig,
-    NetworkInterface,
-    Route,
     SeedFile,
     SeedMount,
     SeedSpec,

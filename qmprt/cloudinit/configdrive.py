@@ -17,15 +17,8 @@ import ipaddress
 import json
 from typing import Any
 
-from qmprt.cloudinit.seed import (
-    SeedSpec,
-    check_dns,
-    check_hostname,
-    check_instance_id,
-    check_ssh_keys,
-    interface_entries,
-    render_user_data,
-)
+from qmprt.cloudinit.network import check_dns, interface_entries
+from qmprt.cloudinit.seed import SeedSpec, check_hostname, check_instance_id, check_ssh_keys, render_user_data
 
 CONFIG_DRIVE_LABEL = "config-2"
 META_DATA = "openstack/latest/meta_data.json"
@@ -61,7 +54,7 @@ def render_network_data_json(spec: SeedSpec) -> bytes | None:
     """OpenStack network_data.json, or ``None`` when the spec has neither interfaces nor DNS servers."""
     links: list[dict[str, Any]] = []
     networks: list[dict[str, Any]] = []
-    for entry in interface_entries(spec):
+    for entry in interface_entries(spec.interfaces):
         name = str(entry["name"])
         link: dict[str, Any] = {"id": name, "name": name, "type": "phy", "ethernet_mac_address": entry["mac_address"]}
         if "mtu" in entry:
