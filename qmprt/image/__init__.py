@@ -6,6 +6,7 @@ decides whether a file is a disk image qmprt may boot; ``overlay`` makes each co
 """
 
 from qmprt.image.fetch import PullAuth
+from qmprt.image.fetch_settings import FetchSettings
 from qmprt.image.inspect import ImageInfo, inspect_image, sniff_format
 from qmprt.image.overlay import ImageFormat, create_overlay, create_overlay_async, remove_overlay
 from qmprt.image.reference import ImageReference, normalise_name, parse_reference
@@ -14,7 +15,6 @@ from qmprt.image.rules import (
     RuleSet,
     Translation,
     TranslationRule,
-    Transport,
     image_config_from_table,
     parse_rules_file,
     rules_from_document,
@@ -23,6 +23,7 @@ from qmprt.image.rules import (
 from qmprt.image.store import FsUsage, ImageRecord, Images, ImageStore, open_store
 
 __all__ = [
+    "FetchSettings",
     "FsUsage",
     "ImageConfig",
     "ImageFormat",
@@ -35,7 +36,6 @@ __all__ = [
     "RuleSet",
     "Translation",
     "TranslationRule",
-    "Transport",
     "create_overlay",
     "create_overlay_async",
     "inspect_image",

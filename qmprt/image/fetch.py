@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from qmprt.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from qmprt.image.httpclient import Abort, Aborted, http_error, opener
-from qmprt.image.rules import Transport
+from qmprt.image.fetch_settings import FetchSettings
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _fetch_file(url: str, dest: BinaryIO, copier_for: Callable[[int | None], _Co
 def _fetch_http(
     url: str,
     dest: BinaryIO,
-    transport: Transport,
+    transport: FetchSettings,
     authorization: str | None,
     abort: Abort,
     copier_for: Callable[[int | None], _Copier],
@@ -257,7 +257,7 @@ def _finish_dest(handle: BinaryIO) -> None:
 def fetch_blocking(
     url: str,
     dest: str | os.PathLike[str],
-    transport: Transport,
+    transport: FetchSettings,
     *,
     authorization: str | None = None,
     abort: Abort | None = None,
@@ -315,7 +315,7 @@ def copy_local(
 async def fetch(
     url: str,
     dest: str | os.PathLike[str],
-    transport: Transport,
+    transport: FetchSettings,
     *,
     authorization: str | None = None,
     progress: Progress | None = None,

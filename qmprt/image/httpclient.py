@@ -18,7 +18,7 @@ import urllib.request
 from typing import IO, Any
 
 from qmprt.errors import InvalidArgument, NotFound, QmprtError, Unavailable
-from qmprt.image.rules import Transport
+from qmprt.image.fetch_settings import FetchSettings
 
 
 class Aborted(Exception):
@@ -137,7 +137,7 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return redirected
 
 
-def ssl_context(transport: Transport) -> ssl.SSLContext:
+def ssl_context(transport: FetchSettings) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=transport.ca_file)
         if transport.client_cert:
@@ -150,7 +150,7 @@ def ssl_context(transport: Transport) -> ssl.SSLContext:
     return context
 
 
-def opener(transport: Transport, abort: Abort, authorization: str | None) -> urllib.request.OpenerDirector:
+def opener(transport: FetchSettings, abort: Abort, authorization: str | None) -> urllib.request.OpenerDirector:
     # Built by hand rather than with build_opener: no ftp, file or data handlers behind a redirect.
     opener = urllib.request.OpenerDirector()
     if transport.proxy is None:

@@ -1,4 +1,4 @@
-"""Translation of image names to URLs: ordered rules, a default mapping, per-rule transport settings.
+"""Translation of image names to URLs: ordered rules, a default mapping, per-rule fetch settings.
 
 Rules are tried in order (the config's first, then each ``*.toml`` file of ``rules_dir`` in name order);
 the first match wins:
@@ -36,43 +36,18 @@ import os
 import re
 import string
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from qmprt.errors import InvalidArgument
+from qmprt.image.fetch_settings import FETCH_SETTINGS_KEYS, FetchSettings, fetch_settings_from_table
 from qmprt.image.reference import ImageReference, digest_hex, parse_reference
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 _BUILTIN_FIELDS = ("name", "tag", "domain", "path", "digest")
-
-
-@dataclass(frozen=True)
-class Transport:
-    """How to fetch from one server.
-
-    ``timeout_s`` bounds connecting and each wait for data (an idle server), not the whole download:
-    the client's deadline bounds that. ``proxy``: None uses the environment (``https_proxy``,
-    ``no_proxy``…) as containerd does, ``""`` connects directly, anything else is the proxy URL.
-    """
-
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    insecure_skip_verify: bool = False
-    timeout_s: float = 30.0
-    max_redirects: int = 5
-    proxy: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            raise InvalidArgument("transport timeout_s must be positive")
-        if not 0 <= self.max_redirects <= 30:
-            raise InvalidArgument("transport max_redirects must be between 0 and 30")
-        if self.client_key and not self.client_cert:
-            raise InvalidArgument("transport client_key needs client_cert")
 
 
 def _template_fields(template: str) -> list[str]:
@@ -99,7 +74,7 @@ class TranslationRule:
     url: str
     name: str | None = None
     regexp: str | None = None
-    transport: Transport = field(default_factory=Transport)
+    transport: FetchSettings = field(default_factory=FetchSettings)
     source: str = "config"
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
     _name_ref: ImageReference | None = field(default=None, init=False, repr=False, compare=False)
@@ -186,7 +161,7 @@ class ImageConfig:
     rules_dir: str | None = None
     max_virtual_size_bytes: int = 256 * GiB
     default_scheme: str = "https"
-    default_transport: Transport = field(default_factory=Transport)
+    default_transport: FetchSettings = field(default_factory=FetchSettings)
     file_roots: tuple[str, ...] = ()
     max_download_bytes: int | None = None
     qemu_img: str = "qemu-img"
@@ -214,7 +189,7 @@ class ImageConfig:
 
 class Translation(NamedTuple):
     url: str
-    transport: Transport
+    transport: FetchSettings
 
 
 def translate(
@@ -235,28 +210,7 @@ def translate(
     return Translation(f"{config.default_scheme}://{reference.domain}/{reference.path}", config.default_transport)
 
 
-_TRANSPORT_KEYS = {f.name for f in fields(Transport)}
 _RULE_KEYS = {"name", "regexp", "url"}
-
-
-def transport_from_table(table: dict[str, Any], where: str, base: Transport | None = None) -> Transport:
-    """A Transport from the transport keys of ``table`` (others ignored), on top of ``base``."""
-    values = {f.name: getattr(base or Transport(), f.name) for f in fields(Transport)}
-    for key in _TRANSPORT_KEYS & set(table):
-        value = table[key]
-        default = getattr(Transport(), key)
-        if key == "timeout_s":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif key in ("insecure_skip_verify",):
-            ok = isinstance(value, bool)
-        elif key == "max_redirects":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, str) or (value is None and default is None)
-        if not ok:
-            raise InvalidArgument(f"{where}: {key} has the wrong type ({value!r})")
-        values[key] = float(value) if key == "timeout_s" else value
-    return Transport(**values)
 
 
 def rules_from_document(document: dict[str, Any], source: str) -> tuple[TranslationRule, ...]:
@@ -270,7 +224,7 @@ def rules_from_document(document: dict[str, Any], source: str) -> tuple[Translat
     rules = []
     for index, table in enumerate(tables):
         where = f"{source} rule {index + 1}"
-        extra = sorted(set(table) - _RULE_KEYS - _TRANSPORT_KEYS)
+        extra = sorted(set(table) - _RULE_KEYS - FETCH_SETTINGS_KEYS)
         if extra:
             raise InvalidArgument(f"{where}: unknown keys {', '.join(extra)}")
         for key in _RULE_KEYS & set(table):
@@ -283,7 +237,7 @@ def rules_from_document(document: dict[str, Any], source: str) -> tuple[Translat
                 url=table["url"],
                 name=table.get("name"),
                 regexp=table.get("regexp"),
-                transport=transport_from_table(table, where),
+                transport=fetch_settings_from_table(table, where),
                 source=where,
             )
         )
@@ -332,10 +286,10 @@ def image_config_from_table(table: dict[str, Any], where: str = "[image]") -> Im
     transport_table = table.get("transport", {})
     if not isinstance(transport_table, dict):
         raise InvalidArgument(f"{where} transport must be a table")
-    extra = sorted(set(transport_table) - _TRANSPORT_KEYS)
+    extra = sorted(set(transport_table) - FETCH_SETTINGS_KEYS)
     if extra:
         raise InvalidArgument(f"{where} transport has unknown keys: {', '.join(extra)}")
-    values["default_transport"] = transport_from_table(transport_table, f"{where} transport")
+    values["default_transport"] = fetch_settings_from_table(transport_table, f"{where} transport")
     values["rules"] = rules_from_document({"rule": table.get("rule", [])}, where)
     return ImageConfig(**values)
 

@@ -43,12 +43,13 @@ from typing import Protocol
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, fetch
+from qmprt.image.fetch_settings import FetchSettings
 from qmprt.image.fsinfo import mount_point_of, tree_usage
 from qmprt.image.inspect import ImageInfo, inspect_image, inspect_image_async
 from qmprt.image.index import ImageMeta, StoreIndex
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
 from qmprt.image.boot import BootFiles, load_boot_files, remove_boot_files, write_boot_files
-from qmprt.image.rules import ImageConfig, RuleSet, Transport, image_config_from_table
+from qmprt.image.rules import ImageConfig, RuleSet, image_config_from_table
 from qmprt.state import ensure_private_dir, fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class ImageStore:
         self,
         flight: _Flight,
         url: str,
-        transport: Transport,
+        transport: FetchSettings,
         reference: ImageReference,
         authorization: str | None,
     ) -> _Verified:

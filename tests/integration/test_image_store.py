@@ -29,12 +29,12 @@ import pytest
 
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from qmprt.image import (
+    FetchSettings,
     ImageConfig,
     ImageRecord,
     ImageStore,
     PullAuth,
     TranslationRule,
-    Transport,
     create_overlay,
     create_overlay_async,
     translate,
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs 
 MiB = 1 << 20
 LIMIT = 1 << 30
 USER, PASSWORD, TOKEN = "kube", "s3cret", "tok-123"
-DIRECT = Transport(proxy="", timeout_s=5)
+DIRECT = FetchSettings(proxy="", timeout_s=5)
 
 
 def qemu_img(*args: str) -> None:
@@ -290,7 +290,7 @@ async def test_default_mapping_over_https(tmp_path: Path, tls_server: tuple[Imag
     server, cert = tls_server
     port = server.server_address[1]
     name = f"127.0.0.1:{port}/files/good.qcow2:v2"
-    trusting = ImageConfig(default_transport=Transport(ca_file=str(cert), proxy=""), max_virtual_size_bytes=LIMIT)
+    trusting = ImageConfig(default_transport=FetchSettings(ca_file=str(cert), proxy=""), max_virtual_size_bytes=LIMIT)
     assert translate(name, trusting).url == f"https://127.0.0.1:{port}/files/good.qcow2"
     image_store = ImageStore(tmp_path / "images", trusting)
     record = await image_store.pull(name)
@@ -345,7 +345,7 @@ async def test_deadline_while_the_server_is_silent(store: ImageStore) -> None:
 
 
 async def test_idle_server_times_out(tmp_path: Path, server: ImageServer) -> None:
-    rule = TranslationRule(regexp=r"idle\.local/(.+):.+", url=server.base + "/{1}", transport=Transport(proxy="", timeout_s=0.3))
+    rule = TranslationRule(regexp=r"idle\.local/(.+):.+", url=server.base + "/{1}", transport=FetchSettings(proxy="", timeout_s=0.3))
     image_store = ImageStore(tmp_path / "images", ImageConfig(rules=(rule,)))
     with pytest.raises(Unavailable, match="broke after"):
         await image_store.pull("idle.local/stall/good.raw:v1")
@@ -415,7 +415,7 @@ async def test_redirects_and_their_limit(tmp_path: Path, server: ImageServer) ->
     record = await image_store.pull("test.local/redirect/3/files/good.raw:v1")
     assert record.format == "raw"
     strict_rule = TranslationRule(
-        regexp=r"strict\.local/(.+):.+", url=server.base + "/{1}", transport=Transport(proxy="", max_redirects=1)
+        regexp=r"strict\.local/(.+):.+", url=server.base + "/{1}", transport=FetchSettings(proxy="", max_redirects=1)
     )
     strict = ImageStore(tmp_path / "strict", ImageConfig(rules=(strict_rule,)))
     await strict.pull("strict.local/redirect/1/files/good.raw:v1")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from qmprt.errors import InvalidArgument
+from qmprt.image.fetch_settings import FetchSettings
 from qmprt.image.reference import normalise_name, parse_reference
 from qmprt.image.rules import (
     ImageConfig,
     RuleSet,
     TranslationRule,
-    Transport,
     parse_rules_file,
     rules_from_document,
     translate,
@@ -92,7 +92,7 @@ CONFIG = ImageConfig()
 def test_default_mapping_drops_the_tag_and_uses_https() -> None:
     url, transport = translate("images.example.org/ubuntu/jammy:22.04", CONFIG)
     assert url == "https://images.example.org/ubuntu/jammy"
-    assert transport == Transport()
+    assert transport == FetchSettings()
     assert translate("localhost:5000/tiny", CONFIG).url == "https://localhost:5000/tiny"
     assert translate(f"h.example/a/b@sha256:{HEX}", CONFIG).url == "https://h.example/a/b"
     assert translate("127.0.0.1:8080/x", ImageConfig(default_scheme="http")).url == "http://127.0.0.1:8080/x"
@@ -105,18 +105,18 @@ def test_default_mapping_needs_a_host() -> None:
 
 def test_urls_are_used_verbatim_and_skip_rules() -> None:
     catch_all = TranslationRule(regexp="(.*)", url="https://mirror.example/{1}")
-    config = ImageConfig(rules=(catch_all,), default_transport=Transport(timeout_s=7))
+    config = ImageConfig(rules=(catch_all,), default_transport=FetchSettings(timeout_s=7))
     for url in ("https://h.example/X.qcow2?sig=1", "http://h.example/x", "file:///srv/i/x.raw"):
-        assert translate(url, config) == (url, Transport(timeout_s=7))
+        assert translate(url, config) == (url, FetchSettings(timeout_s=7))
     assert translate(f"https://h.example/x@sha256:{HEX}", config).url == "https://h.example/x"
 
 
 def test_rules_apply_in_order_first_match_wins() -> None:
-    first = TranslationRule(name="tiny:v1", url="http://first/tiny-v1.qcow2", transport=Transport(timeout_s=1))
+    first = TranslationRule(name="tiny:v1", url="http://first/tiny-v1.qcow2", transport=FetchSettings(timeout_s=1))
     second = TranslationRule(regexp=r"tiny:(.+)", url="http://second/tiny-{1}.qcow2")
     third = TranslationRule(regexp=r".*", url="http://third/{0}")
     config = ImageConfig(rules=(first, second, third))
-    assert translate("tiny:v1", config) == ("http://first/tiny-v1.qcow2", Transport(timeout_s=1))
+    assert translate("tiny:v1", config) == ("http://first/tiny-v1.qcow2", FetchSettings(timeout_s=1))
     assert translate("tiny:v2", config).url == "http://second/tiny-v2.qcow2"
     assert translate("tiny", config).url == "http://second/tiny-latest.qcow2"
     assert translate("other", config).url == "http://third/other:latest"
@@ -197,7 +197,7 @@ insecure_skip_verify = true
 """
     )
     first, second = parse_rules_file(path)
-    assert first.transport == Transport(ca_file="/etc/qmprt/ca.pem", timeout_s=12.0, max_redirects=0, proxy="")
+    assert first.transport == FetchSettings(ca_file="/etc/qmprt/ca.pem", timeout_s=12.0, max_redirects=0, proxy="")
     assert second.name == "tiny" and second.transport.insecure_skip_verify
     assert translate("images.example.org/a/b:c", ImageConfig(rules=(first, second))).url == (
         "https://mirror.example.org/a/b-c.qcow2"
@@ -286,11 +286,11 @@ def test_bad_image_config_is_refused(kwargs: dict[str, object]) -> None:
 
 def test_transport_validation() -> None:
     with pytest.raises(InvalidArgument):
-        Transport(timeout_s=0)
+        FetchSettings(timeout_s=0)
     with pytest.raises(InvalidArgument):
-        Transport(max_redirects=-1)
+        FetchSettings(max_redirects=-1)
     with pytest.raises(InvalidArgument):
-        Transport(client_key="/k.pem")
+        FetchSettings(client_key="/k.pem")
 
 
 def test_image_config_from_the_config_table() -> None:
@@ -315,7 +315,7 @@ url = "file:///srv/images/tiny.qcow2"
     config = image_config_from_table(document["image"])
     assert config.rules_dir == "/etc/qmprt/image-rules.d" and config.max_virtual_size_bytes == 1 << 30
     assert config.file_roots == ("/srv/images",) and config.qemu_img_timeout_s == 30.0
-    assert config.default_transport == Transport(ca_file="/etc/ssl/ca.pem")
+    assert config.default_transport == FetchSettings(ca_file="/etc/ssl/ca.pem")
     assert translate("tiny", config).url == "file:///srv/images/tiny.qcow2"
     assert image_config_from_table({}) == ImageConfig()
     for bad in ({"colour": 1}, {"max_virtual_size_bytes": "big"}, {"file_roots": "/srv"}, {"file_roots": [1]},
