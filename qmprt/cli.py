@@ -70,6 +70,10 @@ def _ctl(handler: Callable[[Any, argparse.Namespace], int]) -> Callable[[argpars
     return run
 
 
+_Handler = Callable[[Any, argparse.Namespace], int]
+_Add = Callable[[str, str, _Handler], argparse.ArgumentParser]
+
+
 def _add_ctl(commands: Any) -> None:
     from qmprt.ctl import commands as ctl
 
@@ -80,23 +84,42 @@ def _add_ctl(commands: Any) -> None:
     sub = parser.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
     out = sys.stdout
 
-    def add(name: str, help: str, handler: Callable[[Any, argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def add(name: str, help: str, handler: _Handler) -> argparse.ArgumentParser:
         command: argparse.ArgumentParser = sub.add_parser(name, help=help)
         command.set_defaults(func=_ctl(handler))
         return command
 
-    def listing(command: argparse.ArgumentParser) -> None:
-        command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-        command.add_argument("-q", "--quiet", action="store_true", help="only ids")
-        command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
-        command.add_argument("-s", "--state", default="", help="only objects in this state")
+    # In this order: it is the order of ``qmprt ctl --help``.
+    _add_ctl_runtime(add, ctl, out)
+    _add_ctl_create(add, ctl, out)
+    _add_ctl_listing(add, ctl, out)
+    _add_ctl_io(add, ctl)
+    _add_ctl_removal(add, ctl, out)
+    _add_ctl_images(add, ctl, out)
+    _add_ctl_image(sub)
+    _add_ctl_stats(add, ctl, out)
 
+
+def _listing(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    command.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    command.add_argument("-l", "--label", action="append", default=[], help="key=value (repeatable, ANDed)")
+    command.add_argument("-s", "--state", default="", help="only objects in this state")
+
+
+def _document(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    command.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    return command
+
+
+def _add_ctl_runtime(add: _Add, ctl: Any, out: Any) -> None:
+    """``version``, ``info``: the runtime itself."""
     add("version", "the runtime's name and versions", lambda c, a: ctl.version(c, out))
-    def document(command: argparse.ArgumentParser) -> None:
-        command.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    _document(add("info", "the runtime's status and config", lambda c, a: ctl.info(c, out, a.output)))
 
-    document(add("info", "the runtime's status and config", lambda c, a: ctl.info(c, out, a.output)))
 
+def _add_ctl_create(add: _Add, ctl: Any, out: Any) -> None:
+    """``runp``, ``create``, ``start``: pods and containers come to life."""
     command = add("runp", "run a pod sandbox", lambda c, a: ctl.run_pod(c, a.pod_config, a.runtime, out))
     command.add_argument("--runtime", default="", help="RuntimeClass handler (default: the default handler)")
     command.add_argument("pod_config", help="pod sandbox config, JSON or YAML as crictl takes it")
@@ -112,26 +135,32 @@ def _add_ctl(commands: Any) -> None:
     command = add("start", "start containers", lambda c, a: ctl.start(c, a.ids, out))
     command.add_argument("ids", nargs="+", metavar="ID")
 
+
+def _add_ctl_listing(add: _Add, ctl: Any, out: Any) -> None:
+    """``ps``, ``pods``, ``inspect``, ``inspectp``: what there is, and the status of one."""
     command = add("ps", "list containers", lambda c, a: ctl.containers(
         c, out, all=a.all, pod=a.pod, state=a.state, labels=ctl.labels_from(a.label), quiet=a.quiet, format=a.output
     ))
     command.add_argument("-a", "--all", action="store_true", help="exited and created ones too")
     command.add_argument("-p", "--pod", default="", help="only the containers of this pod (id or prefix)")
-    listing(command)
+    _listing(command)
 
     command = add("pods", "list pod sandboxes", lambda c, a: ctl.pods(
         c, out, name=a.name, state=a.state, labels=ctl.labels_from(a.label), quiet=a.quiet, format=a.output
     ))
     command.add_argument("--name", default="", help="only pods whose name contains this")
-    listing(command)
+    _listing(command)
 
     command = add("inspect", "a container's status", lambda c, a: ctl.inspect(c, a.id, out, a.output))
     command.add_argument("id")
-    document(command)
+    _document(command)
     command = add("inspectp", "a pod sandbox's status", lambda c, a: ctl.inspect_pod(c, a.id, out, a.output))
     command.add_argument("id")
-    document(command)
+    _document(command)
 
+
+def _add_ctl_io(add: _Add, ctl: Any) -> None:
+    """``logs``, ``exec``: a container's output, and commands in it (bytes to our stdout and stderr)."""
     command = add("logs", "print a container's log", lambda c, a: ctl.container_logs(
         c, a.id, _binary(sys.stdout), _binary(sys.stderr), follow=a.follow, tail=a.tail
     ))
@@ -146,16 +175,22 @@ def _add_ctl(commands: Any) -> None:
     command.add_argument("id")
     command.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD ...")
 
+
+def _add_ctl_removal(add: _Add, ctl: Any, out: Any) -> None:
+    """``stop``, ``stopp``, ``rm``, ``rmp``: each takes one or more ids."""
     command = add("stop", "stop containers", lambda c, a: ctl.stop(c, a.ids, a.stop_timeout, out))
     command.add_argument("-t", "--timeout", dest="stop_timeout", type=int, default=10, help="grace seconds")
     command.add_argument("ids", nargs="+", metavar="ID")
-    command = add("stopp", "stop pod sandboxes", lambda c, a: ctl.stop_pods(c, a.ids, out))
-    command.add_argument("ids", nargs="+", metavar="ID")
-    command = add("rm", "remove containers", lambda c, a: ctl.remove(c, a.ids, out))
-    command.add_argument("ids", nargs="+", metavar="ID")
-    command = add("rmp", "remove pod sandboxes", lambda c, a: ctl.remove_pods(c, a.ids, out))
-    command.add_argument("ids", nargs="+", metavar="ID")
+    for name, help, handler in (
+        ("stopp", "stop pod sandboxes", lambda c, a: ctl.stop_pods(c, a.ids, out)),
+        ("rm", "remove containers", lambda c, a: ctl.remove(c, a.ids, out)),
+        ("rmp", "remove pod sandboxes", lambda c, a: ctl.remove_pods(c, a.ids, out)),
+    ):
+        add(name, help, handler).add_argument("ids", nargs="+", metavar="ID")
 
+
+def _add_ctl_images(add: _Add, ctl: Any, out: Any) -> None:
+    """``images``, ``pull``, ``rmi``, ``imagefsinfo``: images through the server."""
     command = add("images", "list images", lambda c, a: ctl.images(c, out, quiet=a.quiet, format=a.output))
     command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     command.add_argument("-q", "--quiet", action="store_true", help="only ids")
@@ -167,9 +202,10 @@ def _add_ctl(commands: Any) -> None:
     command.add_argument("name")
     command = add("rmi", "remove images", lambda c, a: ctl.remove_images(c, a.names, out))
     command.add_argument("names", nargs="+", metavar="NAME")
-    document(add("imagefsinfo", "usage of the image filesystem", lambda c, a: ctl.image_fs_info(c, out, a.output)))
-    _add_ctl_image(sub)
+    _document(add("imagefsinfo", "usage of the image filesystem", lambda c, a: ctl.image_fs_info(c, out, a.output)))
 
+
+def _add_ctl_stats(add: _Add, ctl: Any, out: Any) -> None:
     command = add("stats", "CPU, memory and disk of containers", lambda c, a: ctl.stats(
         c, out, pod=a.pod, labels=ctl.labels_from(a.label), format=a.output
     ))
