@@ -27,8 +27,6 @@ Assumptions, and what keeps them true:
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import fcntl
 import logging
 import os
@@ -36,17 +34,17 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, fetch
-from qmprt.image.fetch_settings import FetchSettings
+from qmprt.image.fetch import Progress, PullAuth, copy_local
 from qmprt.image.fsinfo import mount_point_of, tree_usage
-from qmprt.image.inspect import ImageInfo, inspect_image, inspect_image_async
+from qmprt.image.inspect import inspect_image
 from qmprt.image.index import ImageMeta, StoreIndex
+from qmprt.image.pulls import Downloads, Verified, check_pin
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
 from qmprt.image.boot import BootFiles, load_boot_files, remove_boot_files, write_boot_files
 from qmprt.image.rules import ImageConfig, RuleSet, image_config_from_table
@@ -55,7 +53,6 @@ from qmprt.state import ensure_private_dir, fsync_dir, write_json_atomic
 log = logging.getLogger(__name__)
 
 MIN_PREFIX = 3
-FETCH_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -94,31 +91,6 @@ class Images(Protocol):
     def fs_usage(self) -> FsUsage: ...
 
 
-@dataclass(frozen=True)
-class _Verified:
-    temp_path: Path
-    fetched: Fetched
-    info: ImageInfo
-
-
-@dataclass(eq=False)
-class _Flight:
-    """One download shared by every concurrent pull of the same URL (and pin)."""
-
-    key: tuple[str, str | None]
-    task: asyncio.Task[_Verified] | None = None
-    temp_path: Path | None = None
-    waiters: int = 0
-    listeners: list[Progress] = field(default_factory=list)
-
-    def emit(self, done: int, total: int | None) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(done, total)
-            except Exception:
-                log.exception("an image pull progress callback failed")
-
-
 class ImageStore:
     def __init__(self, root: str | os.PathLike[str], config: ImageConfig) -> None:
         self.root = ensure_private_dir(root)
@@ -128,9 +100,8 @@ class ImageStore:
         self._tmp = ensure_private_dir(self.root / "tmp")
         self._rules = RuleSet(config)
         self._index = StoreIndex(self.root, self._blobs, self._meta_dir)
-        self._flights: dict[tuple[str, str | None], _Flight] = {}
         self._active_temps: dict[Path, int] = {}  # temp file → the descriptor that holds its flock
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._downloads = Downloads(config, self._new_temp, self._discard_temp)
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -219,7 +190,7 @@ class ImageStore:
 
     # -- changes -----------------------------------------------------------------------------------
 
-    def _publish(self, verified: _Verified, name: str) -> ImageRecord:
+    def _publish(self, verified: Verified, name: str) -> ImageRecord:
         """Move a verified image into the store (unless it is there already) and point ``name`` at it."""
         digest = verified.fetched.digest
         hexdigest = digest_hex(digest)
@@ -295,11 +266,11 @@ class ImageStore:
         temp = self._new_temp()
         try:
             fetched = copy_local(path, temp, limit=self.config.download_limit, label=f"import of {path}")
-            _check_pin(reference, fetched)
+            check_pin(reference, fetched)
             info = inspect_image(
                 temp, self.config.max_virtual_size_bytes, self.config.qemu_img, self.config.qemu_img_timeout_s
             )
-            return self._publish(_Verified(temp, fetched, info), reference.name)
+            return self._publish(Verified(temp, fetched, info), reference.name)
         finally:
             self._discard_temp(temp)
 
@@ -317,85 +288,19 @@ class ImageStore:
                 if digest_hex(reference.digest) in self._index.images:
                     # Pinned content already here: nothing to download.
                     return self._publish_name(reference.name, reference.digest)
-        url, transport = self._rules.translate(reference)
+        url, settings = self._rules.translate(reference)
         authorization = auth.header() if auth is not None else None
-        key = (url, reference.digest)
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = _Flight(key)
-            flight.task = asyncio.create_task(self._fetch_and_verify(flight, url, transport, reference, authorization))
-            self._flights[key] = flight
-        else:
-            log.info("pull of %s joins the download of %s in progress", reference.name, url)
-        assert flight.task is not None
-        flight.waiters += 1
-        if progress is not None:
-            flight.listeners.append(progress)
-        try:
-            verified = await asyncio.shield(flight.task)
+        async with self._downloads.verified(url, settings, reference, authorization, progress) as verified:
             return self._publish(verified, reference.name)
-        finally:
-            if progress is not None:
-                flight.listeners.remove(progress)
-            flight.waiters -= 1
-            if flight.waiters == 0:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-                if not flight.task.done():
-                    flight.task.cancel()
-                    await asyncio.wait({flight.task})
-                self._discard_temp(flight.temp_path)
 
     def _publish_name(self, name: str, digest: str) -> ImageRecord:
         with self._index.exclusive():
             self._index.names.set(name, digest)
             return self._record(digest_hex(digest))
 
-    async def _fetch_and_verify(
-        self,
-        flight: _Flight,
-        url: str,
-        transport: FetchSettings,
-        reference: ImageReference,
-        authorization: str | None,
-    ) -> _Verified:
-        temp = self._new_temp()
-        flight.temp_path = temp
-        try:
-            label = reference.name if reference.name == url else f"{reference.name} from {url}"
-            log.info("pulling %s", label)
-            fetched = await fetch(
-                url,
-                temp,
-                transport,
-                authorization=authorization,
-                progress=flight.emit,
-                limit=self.config.download_limit,
-                file_roots=self.config.file_roots,
-                label=label,
-                executor=self._fetch_executor(),
-            )
-            _check_pin(reference, fetched)
-            info = await inspect_image_async(
-                temp, self.config.max_virtual_size_bytes, self.config.qemu_img, self.config.qemu_img_timeout_s
-            )
-            return _Verified(temp, fetched, info)
-        except BaseException as err:
-            self._discard_temp(temp)
-            if isinstance(err, asyncio.CancelledError):
-                log.info("pull of %s cancelled; partial download deleted", reference.name)
-            raise
-
-    def _fetch_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="qmprt-image-fetch")
-        return self._executor
-
     def close(self) -> None:
         """Let the download threads go (downloads in progress are cancelled by their pulls)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._downloads.close()
 
     def collect_partials(self) -> int:
         """Delete what interrupted work left: temp downloads, metadata without image, image without
@@ -440,13 +345,6 @@ def open_store(config: Config, image_config: ImageConfig | None = None, *, colle
     if collect:
         store.collect_partials()
     return store
-
-
-def _check_pin(reference: ImageReference, fetched: Fetched) -> None:
-    if reference.digest is not None and fetched.digest != reference.digest:
-        raise InvalidArgument(
-            f"image {reference.original!r}: the content's digest is {fetched.digest}, not the pinned {reference.digest}"
-        )
 
 
 def _unlink_unless_locked(path: Path) -> bool:
