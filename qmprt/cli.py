@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import qmprt.cri  # noqa: F401 - first, so gRPC's fork policy is set before anything loads grpc
 from qmprt import config as config_module
+from qmprt.cri import disable_grpc_fork_support
 from qmprt.errors import InvalidArgument, QmprtError
 
 
@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    disable_grpc_fork_support()  # before build_parser: the ctl commands load grpc
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level or ("warning" if args.command == "ctl" else "info"))

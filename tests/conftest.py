@@ -1,8 +1,12 @@
-"""Options of the whole suite."""
+"""Options of the whole suite, and the process settings of a qmprt server (tests run servers in-process)."""
 
 from __future__ import annotations
 
 import pytest
+
+from qmprt.cri import disable_grpc_fork_support
+
+disable_grpc_fork_support()  # before any test module imports grpc, as qmprt.cli.main does for serve
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
