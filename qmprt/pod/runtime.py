@@ -14,19 +14,16 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from qmprt import cgroups, state, telemetry
-from qmprt.cloudinit import READY_MARKER
 from qmprt.config import Config
 from qmprt.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
     best_effort,
 )
@@ -36,6 +33,7 @@ from qmprt.pod import guest, recovery
 from qmprt.pod import resources as live_resources
 from qmprt.pod.metrics import SandboxMetricsInfo, sandbox_metrics
 from qmprt.pod.network import PodNetworks
+from qmprt.pod.registry import Registry
 from qmprt.pod.annotations import network_wiring, parse_annotations
 from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec, metadata_bytes
 from qmprt.pod.records import Container, ContainerRecord, Sandbox
@@ -43,6 +41,7 @@ from qmprt.pod.sizing import size_vm
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage, shares_from_json, shares_to_json
 from qmprt.pod.stats import container_stats, sandbox_stats
+from qmprt.pod.vms import ContainerVMs
 from qmprt.pod.types import (
     ContainerInfo,
     ContainerStatsInfo,
@@ -64,31 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T", Sandbox, Container)
-# Labels and annotations of every sandbox and container together: the list answers kubelet relists
-# every second carry all of them, and must stay well inside gRPC's 16 MiB message.
-METADATA_BUDGET_BYTES = 8 << 20
-BOOT_TIMER_SECONDS = 600.0
 FORCED_STOP_GRACE = 0.0
-
-
-def _lookup(objects: Mapping[str, T], object_id: str, kind: str) -> T:
-    """By full id or unambiguous prefix, as crictl users type them."""
-    if not object_id:
-        raise InvalidArgument(f"a {kind} id is required")
-    found = objects.get(object_id)
-    if found is not None:
-        return found
-    matches = [value for key, value in objects.items() if key.startswith(object_id)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise NotFound(f"{kind} {object_id!r} does not exist")
-    raise InvalidArgument(f"{kind} id prefix {object_id!r} is ambiguous")
-
-
-def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
 
 
 class Runtime:
@@ -100,16 +75,13 @@ class Runtime:
         self.pods_root = state.ensure_private_dir(self.state_root / "pods")
         self.run_root = state.ensure_private_dir(config.runtime.run_dir)
         self.accel = accel_module.detect(None if config.vm.accel == "auto" else config.vm.accel)
-        self.sandboxes: dict[str, Sandbox] = {}
-        self.containers: dict[str, Container] = {}
-        self._sandbox_names: dict[tuple[str, str, str, int], str] = {}
-        self._container_names: dict[tuple[str, str, int], str] = {}
+        self.registry = Registry()
+        self.sandboxes = self.registry.sandboxes
+        self.containers = self.registry.containers
+        self.vms = ContainerVMs(config, cgroup_driver, self.run_root)
         self.pod_cidr = ""
         self.networks = PodNetworks(config.cni, self.state_root / "cni", self.run_root / "net")
-        self._tasks: set[asyncio.Task[None]] = set()
-        telemetry.watch_live_vms(
-            lambda: sum(1 for c in list(self.containers.values()) if c.status.state == ContainerState.RUNNING)
-        )
+        telemetry.watch_live_vms(self.registry.running_count)
         log.info("accelerator: %s (%s)", self.accel.accel, self.accel.reason)
 
     # -- lifecycle of the runtime itself --------------------------------------------------------------
@@ -119,13 +91,16 @@ class Runtime:
 
         images = open_store(config)
         runtime = cls(config, images, cgroups.detect())
-        await recovery.recover(runtime)
+        await runtime.recover()
         return runtime
+
+    async def recover(self) -> None:
+        """Take over what an earlier qmprt left under the state root (``qmprt.pod.recovery``)."""
+        await recovery.recover(self.state_root, self.registry, self.vms, self.networks)
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: the next qmprt adopts them."""
-        for task in list(self._tasks):
-            task.cancel()
+        self.vms.cancel_tasks()
         for container in list(self.containers.values()):
             if container.vm is not None and container.vm.status.state != VMState.EXITED:
                 await container.vm.detach()
@@ -151,24 +126,8 @@ class Runtime:
     def update_runtime_config(self, pod_cidr: str) -> None:
         self.pod_cidr = pod_cidr
 
-    # -- registration (also used by recovery) -------------------------------------------------------
-    def register_sandbox(self, sandbox: Sandbox) -> None:
-        metadata = sandbox.spec.metadata
-        self._sandbox_names[(metadata.name, metadata.namespace, metadata.uid, metadata.attempt)] = sandbox.id
-        self.sandboxes[sandbox.id] = sandbox
-
-    def register_container(self, container: Container) -> None:
-        metadata = container.spec.metadata
-        self._container_names[(container.sandbox_id, metadata.name, metadata.attempt)] = container.id
-        self.containers[container.id] = container
-
-    def _forget_container(self, container: Container) -> None:
-        metadata = container.spec.metadata
-        self._container_names.pop((container.sandbox_id, metadata.name, metadata.attempt), None)
-        self.containers.pop(container.id, None)
-
     def container_run_dir(self, container_id: str) -> Path:
-        return self.run_root / "vm" / container_id[:16]
+        return self.vms.run_dir(container_id)
 
     # -- sandboxes ----------------------------------------------------------------------------------------
     async def run_sandbox(self, spec: SandboxSpec) -> str:
@@ -185,17 +144,11 @@ class Runtime:
         wiring_mode = network_wiring(spec.annotations, self.config.cni.wiring)
         if spec.cgroup_parent:
             self._parent_path(spec.cgroup_parent)
-        self._check_metadata_budget(metadata_bytes(spec.labels, spec.annotations))
-        key = (metadata.name, metadata.namespace, metadata.uid, metadata.attempt)
-        if key in self._sandbox_names:
-            raise AlreadyExists(
-                f"sandbox name {metadata.name}/{metadata.namespace} attempt {metadata.attempt} "
-                f"is already used by {self._sandbox_names[key]}"
-            )
+        self.registry.check_metadata_budget(metadata_bytes(spec.labels, spec.annotations))
         sandbox_id = secrets.token_hex(32)
-        self._sandbox_names[key] = sandbox_id
+        key = self.registry.reserve_sandbox_name(spec, sandbox_id)
         async with contextlib.AsyncExitStack() as undo:
-            undo.callback(self._sandbox_names.pop, key, None)
+            undo.callback(self.registry.release_sandbox_name, key)
             directory = self.pods_root / sandbox_id
             state.ensure_private_dir(directory)
             undo.callback(shutil.rmtree, directory, ignore_errors=True)
@@ -215,43 +168,31 @@ class Runtime:
             sandbox.network = network
             if network is not None:
                 await self.networks.start_responders(sandbox_id, spec, network)
-            self.sandboxes[sandbox_id] = sandbox
+            self.registry.add_sandbox(sandbox)
             undo.pop_all()
         log.info("sandbox %s ready (%s/%s)", sandbox_id[:12], metadata.namespace, metadata.name)
         return sandbox_id
 
     def sandbox(self, sandbox_id: str) -> SandboxInfo:
-        return _lookup(self.sandboxes, sandbox_id, "sandbox").info()
+        return self.registry.sandbox(sandbox_id).info()
 
     def sandbox_network(self, sandbox_id: str) -> dict[str, Any] | None:
         """The pod's network record (CNI results, wiring) for verbose status; None without one."""
-        network = _lookup(self.sandboxes, sandbox_id, "sandbox").network
+        network = self.registry.sandbox(sandbox_id).network
         return network.to_json() if network is not None else None
 
     def list_sandboxes(
         self, *, id: str = "", state: SandboxState | None = None, labels: Mapping[str, str] | None = None
     ) -> list[SandboxInfo]:
-        found = []
-        for sandbox in list(self.sandboxes.values()):
-            if id and not sandbox.id.startswith(id):
-                continue
-            if state is not None and sandbox.status.state != state:
-                continue
-            if labels and not _labels_match(sandbox.spec.labels, labels):
-                continue
-            found.append(sandbox.info())
-        return found
-
-    def _containers_of(self, sandbox_id: str) -> list[Container]:
-        return [c for c in list(self.containers.values()) if c.sandbox_id == sandbox_id]
+        return [sandbox.info() for sandbox in self.registry.find_sandboxes(id, state, labels)]
 
     async def stop_sandbox(self, sandbox_id: str) -> None:
         try:
-            sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+            sandbox = self.registry.sandbox(sandbox_id)
         except NotFound:
             return
         async with sandbox.lock:
-            for container in self._containers_of(sandbox.id):
+            for container in self.registry.containers_of(sandbox.id):
                 await self._stop_container(container, FORCED_STOP_GRACE)
             # A failed CNI DEL raises before the namespace goes: kubelet retries StopPodSandbox.
             await self.networks.teardown(sandbox.id, sandbox.directory, sandbox.network)
@@ -262,18 +203,16 @@ class Runtime:
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
         try:
-            sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+            sandbox = self.registry.sandbox(sandbox_id)
         except NotFound:
             return
         await self.stop_sandbox(sandbox.id)
         async with sandbox.lock:
-            for container in self._containers_of(sandbox.id):
+            for container in self.registry.containers_of(sandbox.id):
                 await self._remove_container(container)
             self._delete_sandbox_cgroup(sandbox)
             await asyncio.to_thread(shutil.rmtree, sandbox.directory, True)
-            metadata = sandbox.spec.metadata
-            self._sandbox_names.pop((metadata.name, metadata.namespace, metadata.uid, metadata.attempt), None)
-            self.sandboxes.pop(sandbox.id, None)
+            self.registry.forget_sandbox(sandbox)
         log.info("sandbox %s removed", sandbox.id[:12])
 
     def _parent_path(self, cgroup_parent: str) -> str:
@@ -286,16 +225,6 @@ class Runtime:
         if sandbox.spec.cgroup_parent:
             return self._parent_path(sandbox.spec.cgroup_parent)
         return f"{self.config.cgroups.root}/{sandbox.id[:16]}"
-
-    def _check_metadata_budget(self, adding: int) -> None:
-        used = sum(metadata_bytes(s.spec.labels, s.spec.annotations) for s in list(self.sandboxes.values()))
-        used += sum(metadata_bytes(c.spec.labels, c.spec.annotations) for c in list(self.containers.values()))
-        if used + adding > METADATA_BUDGET_BYTES:
-            raise ResourceExhausted(
-                f"the labels and annotations of all pods and containers would add up to {used + adding} bytes; "
-                f"qmprt keeps them under {METADATA_BUDGET_BYTES} bytes so that listing them always fits one "
-                "answer: remove pods, or shrink their annotations"
-            )
 
     def _delete_sandbox_cgroup(self, sandbox: Sandbox) -> None:
         if sandbox.spec.cgroup_parent:
@@ -313,7 +242,7 @@ class Runtime:
 
     # -- containers ---------------------------------------------------------------------------------------
     async def create_container(self, sandbox_id: str, spec: ContainerSpec) -> str:
-        sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
+        sandbox = self.registry.sandbox(sandbox_id)
         metadata = spec.metadata
         if not metadata.name:
             raise InvalidArgument("container metadata needs a name")
@@ -326,16 +255,11 @@ class Runtime:
         if spec.log_path and not sandbox.spec.log_directory:
             raise InvalidArgument("log_path is set but the sandbox has no log_directory")
         requested = parse_annotations(spec.annotations, sandbox.spec.annotations)
-        self._check_metadata_budget(metadata_bytes(spec.labels, spec.annotations))
+        self.registry.check_metadata_budget(metadata_bytes(spec.labels, spec.annotations))
         async with sandbox.lock:
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready: it was stopped")
-            name_key = (sandbox.id, metadata.name, metadata.attempt)
-            if name_key in self._container_names:
-                raise AlreadyExists(
-                    f"container name {metadata.name} attempt {metadata.attempt} is already used in this "
-                    f"sandbox by {self._container_names[name_key][:12]}"
-                )
+            name_key = self.registry.check_container_name(sandbox.id, spec)
             check_mounts(spec.mounts)
             check_devices(spec.devices)
             image = self.images.resolve(spec.image)
@@ -360,9 +284,9 @@ class Runtime:
                 parse_cpuset(resources.cpuset_cpus)
             host_nodes = parse_id_list(resources.cpuset_mems, "NUMA node") if resources.cpuset_mems else ()
             container_id = secrets.token_hex(32)
-            self._container_names[name_key] = container_id
+            self.registry.reserve_container_name(name_key, container_id)
             async with contextlib.AsyncExitStack() as undo:
-                undo.callback(self._container_names.pop, name_key, None)
+                undo.callback(self.registry.release_container_name, name_key)
                 directory = sandbox.directory / container_id
                 state.ensure_private_dir(directory)
                 undo.callback(shutil.rmtree, directory, ignore_errors=True)
@@ -408,13 +332,13 @@ class Runtime:
                 container = Container.create(
                     container_id, directory, record, ContainerStatus(ContainerState.CREATED, time.time_ns())
                 )
-                self.containers[container_id] = container
+                self.registry.add_container(container)
                 undo.pop_all()
         log.info("container %s created in sandbox %s", container_id[:12], sandbox.id[:12])
         return container_id
 
     def container(self, container_id: str) -> ContainerInfo:
-        return _lookup(self.containers, container_id, "container").info()
+        return self.registry.container(container_id).info()
 
     def list_containers(
         self,
@@ -424,18 +348,7 @@ class Runtime:
         sandbox_id: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> list[ContainerInfo]:
-        found = []
-        for container in list(self.containers.values()):
-            if id and not container.id.startswith(id):
-                continue
-            if sandbox_id and not container.sandbox_id.startswith(sandbox_id):
-                continue
-            if state is not None and container.status.state != state:
-                continue
-            if labels and not _labels_match(container.spec.labels, labels):
-                continue
-            found.append(container.info())
-        return found
+        return [container.info() for container in self.registry.find_containers(id, state, sandbox_id, labels)]
 
     def _open_log(self, container: Container, sandbox: Sandbox) -> CRILogWriter | None:
         log_path = container.record.log_path
@@ -460,31 +373,9 @@ class Runtime:
             return overhead.memory_limit_in_bytes >> 20
         return self.config.vm.memory_overhead_mib
 
-    def make_cgroup(self, container: Container) -> cgroups.Cgroup:
-        """The VM's cgroup with the container's hard limits; QEMU is exec'd straight into it."""
-        cgroup = self.cgroup_driver.create(container.record.cgroup_path)
-        resources = container.spec.resources or Resources()
-        try:
-            cgroup.set_limits(
-                cgroups.CgroupLimits(
-                    memory_bytes=container.record.cgroup_memory_bytes,
-                    cpu_quota_us=resources.cpu_quota if resources.cpu_quota > 0 else None,
-                    cpu_period_us=resources.cpu_period if resources.cpu_period > 0 else None,
-                    cpu_shares=resources.cpu_shares if resources.cpu_shares > 0 else None,
-                    pids_max=self.config.cgroups.pids_max,
-                    cpuset_cpus=resources.cpuset_cpus or None,
-                    cpuset_mems=resources.cpuset_mems or None,
-                )
-            )
-        except (ValueError, cgroups.CgroupError) as err:
-            with best_effort(log, f"removing the cgroup {cgroup.path}"):
-                cgroup.delete()
-            raise InvalidArgument(f"container resources cannot be applied: {err}") from err
-        return cgroup
-
     async def start_container(self, container_id: str) -> None:
-        container = _lookup(self.containers, container_id, "container")
-        sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
+        container = self.registry.container(container_id)
+        sandbox = self.registry.sandbox(container.sandbox_id)
         started = time.monotonic()
         # The sandbox's lock first (as stop_sandbox takes them): two starts in one pod cannot both run.
         async with sandbox.lock, container.lock:
@@ -498,7 +389,7 @@ class Runtime:
             if sandbox.status.state != SandboxState.READY:
                 raise FailedPrecondition(f"sandbox {sandbox.id[:12]} is not ready")
             running = [
-                c for c in self._containers_of(sandbox.id)
+                c for c in self.registry.containers_of(sandbox.id)
                 if c.status.state == ContainerState.RUNNING and c is not container
             ]
             if running:
@@ -516,13 +407,12 @@ class Runtime:
             try:
                 shares = shares_from_json(container.record.shares)
                 if shares:
-                    # virtiofsd runs beside the VM's cgroup, not in it: its memory is not the guest's.
                     state.ensure_private_dir(self.container_run_dir(container.id))
-                    fs_cgroup = self.cgroup_driver.create(f"{container.record.cgroup_path}-fs")
+                    fs_cgroup = self.vms.share_cgroup(container)
                     container.share_daemons = await ShareDaemons.start(
                         container.directory, shares, fs_cgroup.exec_prefix()
                     )
-                cgroup = self.make_cgroup(container)
+                cgroup = self.vms.make_cgroup(container)
                 if sandbox.network is not None:
                     nic_fds = await asyncio.to_thread(self.networks.open_queues, sandbox.network)
                 vm = await VM.start(
@@ -534,7 +424,7 @@ class Runtime:
                     with best_effort(log, f"removing the cgroup {cgroup.path} of a VM that did not start"):
                         cgroup.kill()
                         cgroup.delete()
-                await self.stop_share_daemons(container)
+                await self.vms.stop_share_daemons(container)
                 if log_writer is not None:
                     log_writer.close()
                 (container.directory / "vm.json").unlink(missing_ok=True)
@@ -548,65 +438,17 @@ class Runtime:
             finally:
                 for tap_fd in nic_fds:
                     os.close(tap_fd)
-            self.attach_vm(container, vm, log_writer, cgroup)
+            self.vms.attach(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
-            await live_resources.pin(container)
+            await self.vms.pin(container)
             telemetry.VM_STARTS.labels("ok").inc()
             telemetry.VM_START_SECONDS.observe(time.monotonic() - started)
-            self._background(self._time_boot(vm, started), f"boot timer of {container.id[:12]}")
+            self.vms.time_boot(container, vm, started)
         log.info("container %s started (pid %s)", container.id[:12], vm.status.pid)
-
-    def attach_vm(
-        self, container: Container, vm: VM, log_writer: CRILogWriter | None, cgroup: cgroups.Cgroup | None
-    ) -> None:
-        container.vm = vm
-        container.cgroup = cgroup
-        container.log_writer = log_writer
-        vm.on_exit(lambda _vm: self._on_vm_exit(container))
-
-    async def _time_boot(self, vm: VM, started: float) -> None:
-        """The boot time of a guest that says it is ready on its console (qmprt's marker)."""
-        with contextlib.suppress(asyncio.TimeoutError, FailedPrecondition):
-            await vm.wait_for_console(READY_MARKER, BOOT_TIMER_SECONDS)
-            telemetry.VM_BOOT_SECONDS.observe(time.monotonic() - started)
-
-    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
-        """Run ``work`` as a task the runtime keeps a reference to; its failure is logged."""
-        task = asyncio.get_running_loop().create_task(work, name=what)
-        self._tasks.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("%s failed: %s", what, finished.exception())
-
-        task.add_done_callback(done)
-
-    def _on_vm_exit(self, container: Container) -> None:
-        container.sync_from_vm()
-        telemetry.VM_EXITS.labels(container.status.reason or "unknown").inc()
-        if container.log_writer is not None:
-            container.log_writer.close()
-            container.log_writer = None
-        if container.share_daemons is not None:
-            self._background(self.stop_share_daemons(container), f"virtiofsd stop of {container.id[:12]}")
-        log.info(
-            "container %s exited: %s %s", container.id[:12], container.status.exit_code, container.status.reason
-        )
-
-    async def stop_share_daemons(self, container: Container) -> None:
-        """virtiofsd ends with its QEMU connection; stop any left and remove their cgroup."""
-        daemons, container.share_daemons = container.share_daemons, None
-        if daemons is not None:
-            await daemons.stop()
-        fs_cgroup = f"{container.record.cgroup_path}-fs"
-        with best_effort(log, f"removing the virtiofsd cgroup {fs_cgroup}"):
-            if self.cgroup_driver.exists(fs_cgroup):
-                self.cgroup_driver.open(fs_cgroup).delete()
 
     async def stop_container(self, container_id: str, timeout_s: int) -> None:
         try:
-            container = _lookup(self.containers, container_id, "container")
+            container = self.registry.container(container_id)
         except NotFound:
             return
         await self._stop_container(container, float(max(timeout_s, 0)))
@@ -621,7 +463,7 @@ class Runtime:
 
     async def remove_container(self, container_id: str) -> None:
         try:
-            container = _lookup(self.containers, container_id, "container")
+            container = self.registry.container(container_id)
         except NotFound:
             return
         await self._remove_container(container)
@@ -633,17 +475,15 @@ class Runtime:
                 await asyncio.sleep(0)  # let the exit callbacks run
                 with contextlib.suppress(FailedPrecondition):
                     container.vm.remove_files()
-            with best_effort(log, f"removing the cgroup of container {container.id[:12]}"):
-                if self.cgroup_driver.exists(container.record.cgroup_path):
-                    self.cgroup_driver.open(container.record.cgroup_path).delete()
-            await self.stop_share_daemons(container)
+            self.vms.delete_cgroup(container)
+            await self.vms.stop_share_daemons(container)
             shutil.rmtree(self.container_run_dir(container.id), ignore_errors=True)
             await asyncio.to_thread(shutil.rmtree, container.directory, True)
-            self._forget_container(container)
+            self.registry.forget_container(container)
         log.info("container %s removed", container.id[:12])
 
     def _running_vm(self, container_id: str) -> tuple[Container, VM]:
-        container = _lookup(self.containers, container_id, "container")
+        container = self.registry.container(container_id)
         if container.status.state != ContainerState.RUNNING or container.vm is None:
             raise FailedPrecondition(f"container {container.id[:12]} is not running")
         return container, container.vm
@@ -675,44 +515,41 @@ class Runtime:
     async def update_resources(self, container_id: str, resources: Resources) -> None:
         """Apply new resources to a running VM (see ``qmprt.pod.resources.update``)."""
         container, vm = self._running_vm(container_id)
-        sandbox = _lookup(self.sandboxes, container.sandbox_id, "sandbox")
+        sandbox = self.registry.sandbox(container.sandbox_id)
         await live_resources.update(container, vm, resources, self.overhead_mib(sandbox))
-
-    async def pin(self, container: Container) -> None:
-        await live_resources.pin(container)
 
     # -- stats ----------------------------------------------------------------------------------------------
     # Sampling reads cgroup files and walks overlays: it runs in a worker thread, never the event loop.
     async def container_stats(self, container_id: str) -> ContainerStatsInfo:
-        container = _lookup(self.containers, container_id, "container")
-        return await asyncio.to_thread(container_stats, self, container)
+        container = self.registry.container(container_id)
+        return await asyncio.to_thread(container_stats, container)
 
     async def list_container_stats(
         self, *, id: str = "", sandbox_id: str = "", labels: Mapping[str, str] | None = None
     ) -> list[ContainerStatsInfo]:
         infos = self.list_containers(id=id, sandbox_id=sandbox_id, labels=labels)
         chosen = [self.containers[info.id] for info in infos if info.id in self.containers]
-        return await asyncio.to_thread(lambda: [container_stats(self, container) for container in chosen])
+        return await asyncio.to_thread(lambda: [container_stats(container) for container in chosen])
 
     async def sandbox_stats(self, sandbox_id: str) -> SandboxStatsInfo:
-        sandbox = _lookup(self.sandboxes, sandbox_id, "sandbox")
-        containers = self._containers_of(sandbox.id)
-        return await asyncio.to_thread(sandbox_stats, self, sandbox, containers)
+        sandbox = self.registry.sandbox(sandbox_id)
+        containers = self.registry.containers_of(sandbox.id)
+        return await asyncio.to_thread(sandbox_stats, sandbox, containers)
 
     async def list_sandbox_stats(
         self, *, id: str = "", labels: Mapping[str, str] | None = None
     ) -> list[SandboxStatsInfo]:
         infos = self.list_sandboxes(id=id, labels=labels)
-        pods = [(self.sandboxes[i.id], self._containers_of(i.id)) for i in infos if i.id in self.sandboxes]
-        return await asyncio.to_thread(lambda: [sandbox_stats(self, sandbox, cs) for sandbox, cs in pods])
+        pods = [(self.sandboxes[i.id], self.registry.containers_of(i.id)) for i in infos if i.id in self.sandboxes]
+        return await asyncio.to_thread(lambda: [sandbox_stats(sandbox, cs) for sandbox, cs in pods])
 
     async def list_sandbox_metrics(self) -> list[SandboxMetricsInfo]:
         """Every pod's metrics (``qmprt.pod.metrics``), collected in a worker thread."""
-        pods = [(sandbox, self._containers_of(sandbox.id)) for sandbox in list(self.sandboxes.values())]
+        pods = [(sandbox, self.registry.containers_of(sandbox.id)) for sandbox in list(self.sandboxes.values())]
         return await asyncio.to_thread(lambda: [sandbox_metrics(sandbox, containers) for sandbox, containers in pods])
 
     def image_in_use(self, digest: str) -> bool:
-        return any(container.record.image_digest == digest for container in self.containers.values())
+        return self.registry.image_in_use(digest)
 
     def all_containers(self) -> Iterable[Container]:
-        return list(self.containers.values())
+        return self.registry.all_containers()
