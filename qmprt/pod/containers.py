@@ -23,13 +23,13 @@ from qmprt.errors import FailedPrecondition, NotFound, best_effort
 from qmprt.image.overlay import create_overlay_async
 from qmprt.pod import guest, planning
 from qmprt.pod.annotations import QmprtAnnotations, parse_annotations
-from qmprt.pod.model import ContainerSpec, metadata_bytes
+from qmprt.pod.specs import ContainerSpec, metadata_bytes
 from qmprt.pod.network import PodNetworks
-from qmprt.pod.records import Container, Sandbox
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage, shares_from_json
-from qmprt.pod.types import ContainerStatus
+from qmprt.pod.records import ContainerStatus
 from qmprt.pod.vms import ContainerVMs
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM

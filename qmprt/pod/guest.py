@@ -8,7 +8,7 @@ from pathlib import Path
 from qmprt.cloudinit import COMMAND_EXIT_MARKER, SeedFormat, SeedSpec, write_seed_iso
 from qmprt.config import Config, VMDefaults
 from qmprt.errors import InvalidArgument, ResourceExhausted
-from qmprt.pod.model import ContainerSpec, SandboxSpec
+from qmprt.pod.specs import ContainerSpec, SandboxSpec
 from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.network import PodNetwork, guest_dns
 from qmprt.pod.records import ContainerRecord

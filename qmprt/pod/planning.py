@@ -20,7 +20,7 @@ from qmprt.config import Config
 from qmprt.errors import InvalidArgument
 from qmprt.pod import guest
 from qmprt.pod.annotations import QmprtAnnotations
-from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import ContainerRecord
 from qmprt.pod.sizing import VMSize, size_vm
 from qmprt.pod.storage import StoragePlan, shares_to_json

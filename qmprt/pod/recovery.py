@@ -42,7 +42,8 @@ from qmprt.cgroups import Cgroup
 from qmprt.errors import QmprtError, best_effort
 from qmprt.net import netns
 from qmprt.pod.network import PodNetworks
-from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE, Container, Sandbox
+from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from qmprt.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
-from qmprt.pod.model import ContainerSpec, SandboxSpec, metadata_bytes
-from qmprt.pod.records import Container, Sandbox
+from qmprt.pod.specs import ContainerSpec, SandboxSpec, metadata_bytes
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.states import ContainerState, SandboxState
 
 T = TypeVar("T", Sandbox, Container)

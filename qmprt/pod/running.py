@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Sequence
 
 from qmprt.errors import FailedPrecondition, Unavailable
-from qmprt.pod.records import Container
+from qmprt.pod.live import Container
 from qmprt.pod.states import ContainerState
 from qmprt.vm.agent import ExecResult
 from qmprt.vm.machine import VM, VMState

@@ -27,14 +27,14 @@ from qmprt.pod import planning, recovery, running
 from qmprt.pod import resources as live_resources
 from qmprt.pod.containers import Containers
 from qmprt.pod.metrics import SandboxMetricsInfo, sandbox_metrics
-from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.network import PodNetworks
-from qmprt.pod.records import Container
+from qmprt.pod.live import Container
 from qmprt.pod.registry import Registry
 from qmprt.pod.sandboxes import Sandboxes
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.stats import container_stats, sandbox_stats
-from qmprt.pod.types import ContainerInfo, ContainerStatsInfo, RuntimeHealth, SandboxInfo, SandboxStatsInfo
+from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, RuntimeHealth, SandboxInfo, SandboxStatsInfo
 from qmprt.pod.vms import ContainerVMs
 from qmprt.vm import accel as accel_module
 from qmprt.vm.agent import ExecResult

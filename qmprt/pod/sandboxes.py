@@ -24,12 +24,12 @@ from qmprt.net.wiring import Mode
 from qmprt.pod import planning
 from qmprt.pod.annotations import network_wiring
 from qmprt.pod.containers import FORCED_STOP_GRACE, Containers
-from qmprt.pod.model import SandboxSpec, metadata_bytes
+from qmprt.pod.specs import SandboxSpec, metadata_bytes
 from qmprt.pod.network import PodNetworks
-from qmprt.pod.records import Sandbox
+from qmprt.pod.live import Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import SandboxState
-from qmprt.pod.types import SandboxStatus
+from qmprt.pod.records import SandboxStatus
 
 log = logging.getLogger(__name__)
 

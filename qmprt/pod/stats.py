@@ -10,9 +10,9 @@ from pathlib import Path
 
 from qmprt.cgroups import CgroupStats
 from qmprt.errors import QmprtError
-from qmprt.pod.records import Container, Sandbox
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.states import ContainerState
-from qmprt.pod.types import ContainerStatsInfo, SandboxStatsInfo
+from qmprt.pod.views import ContainerStatsInfo, SandboxStatsInfo
 
 
 def mountpoint_of(path: Path) -> str:

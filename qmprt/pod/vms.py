@@ -20,8 +20,8 @@ from qmprt.cloudinit import READY_MARKER
 from qmprt.config import Config
 from qmprt.errors import FailedPrecondition, InvalidArgument, QmprtError, best_effort
 from qmprt.pod import resources as live_resources
-from qmprt.pod.model import Resources
-from qmprt.pod.records import Container
+from qmprt.pod.specs import Resources
+from qmprt.pod.live import Container
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM
 

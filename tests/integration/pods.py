@@ -10,7 +10,7 @@ from pathlib import Path
 
 from qmprt import cgroups, config as config_module
 from qmprt.image import open_store
-from qmprt.pod.model import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
+from qmprt.pod.specs import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
 from qmprt.pod.runtime import Runtime
 
 from .conftest import TEST_CGROUP_ROOT

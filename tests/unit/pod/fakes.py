@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from qmprt import state
-from qmprt.pod.model import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
-from qmprt.pod.records import Container, ContainerRecord, Sandbox
+from qmprt.pod.specs import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
+from qmprt.pod.live import Container, Sandbox
+from qmprt.pod.records import ContainerRecord
 from qmprt.pod.states import ContainerState, SandboxState
-from qmprt.pod.types import ContainerStatus, SandboxStatus
+from qmprt.pod.records import ContainerStatus, SandboxStatus
 
 
 def sandbox_spec(name: str = "web", **changes: Any) -> SandboxSpec:

@@ -13,7 +13,7 @@ from qmprt.image.boot import BootFiles
 from qmprt.image.store import ImageRecord
 from qmprt.pod import guest, planning
 from qmprt.pod.annotations import parse_annotations
-from qmprt.pod.model import Resources
+from qmprt.pod.specs import Resources
 from qmprt.pod.storage import StoragePlan
 
 from .fakes import container_spec, sandbox_spec

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from qmprt.errors import FailedPrecondition
-from qmprt.pod.model import ContainerSpec, DeviceSpec, DNSSettings, MountSpec, PortMapping, Resources, SandboxSpec
-from qmprt.pod.records import Container, ContainerRecord, Sandbox
+from qmprt.pod.specs import ContainerSpec, DNSSettings, DeviceSpec, MountSpec, PortMapping, Resources, SandboxSpec
+from qmprt.pod.live import Container, Sandbox
+from qmprt.pod.records import ContainerRecord
 from qmprt.pod.states import ContainerState, SandboxState, check_container_transition, check_sandbox_transition
-from qmprt.pod.types import ContainerStatus, SandboxStatus
+from qmprt.pod.records import ContainerStatus, SandboxStatus
 
 from .fakes import container_spec, make_container, make_sandbox, record, sandbox_spec
 

@@ -13,7 +13,7 @@ import pytest
 from qmprt import state
 from qmprt.config import Config
 from qmprt.pod import recovery
-from qmprt.pod.records import Container, Sandbox
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.vms import ContainerVMs
