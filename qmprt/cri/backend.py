@@ -14,15 +14,9 @@ from typing import Any, Protocol
 from qmprt.config import Config
 from qmprt.image import Images
 from qmprt.pod.metrics import SandboxMetricsInfo
-from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
-from qmprt.pod.types import (
-    ContainerInfo,
-    ContainerStatsInfo,
-    RuntimeHealth,
-    SandboxInfo,
-    SandboxStatsInfo,
-)
+from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, RuntimeHealth, SandboxInfo, SandboxStatsInfo
 from qmprt.vm.agent import ExecResult
 
 

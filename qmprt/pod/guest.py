@@ -8,7 +8,7 @@ from pathlib import Path
 from qmprt.cloudinit import COMMAND_EXIT_MARKER, SeedFormat, SeedSpec, write_seed_iso
 from qmprt.config import Config, VMDefaults
 from qmprt.errors import InvalidArgument, ResourceExhausted
-from qmprt.pod.model import ContainerSpec, SandboxSpec
+from qmprt.pod.specs import ContainerSpec, SandboxSpec
 from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.network import PodNetwork, guest_dns
 from qmprt.pod.records import ContainerRecord
@@ -18,7 +18,7 @@ from qmprt.vm.accel import host_tsc_khz
 from qmprt.vm.devices import KernelBoot
 from qmprt.vm.numa import HugepageConfig
 from qmprt.volumes import Transport, shares_args
-from qmprt.vm.spec import Accelerator
+from qmprt.vm.spec import Accelerator, MachineType
 
 OVERLAY_FILE = "overlay.qcow2"
 SEED_FILE = "seed.iso"
@@ -101,6 +101,14 @@ def _is_job(record: ContainerRecord) -> bool:
     return record.command_exit == "poweroff" and bool(record.spec.command or record.spec.args)
 
 
+def machine_type(record: ContainerRecord) -> MachineType:
+    return "microvm" if record.machine == "microvm" else "q35"
+
+
+def hugepages(record: ContainerRecord) -> HugepageConfig | None:
+    return HugepageConfig(page_size_kib=record.hugepage_page_kib) if record.hugepage_page_kib else None
+
+
 def vm_config(
     container_id: str, directory: Path, record: ContainerRecord, config: Config, accel: Accelerator,
     network: PodNetwork | None = None,
@@ -110,14 +118,14 @@ def vm_config(
         vm_id=container_id,
         root_disk=DiskConfig(str(directory / OVERLAY_FILE), "qcow2"),
         seed=DiskConfig(str(directory / SEED_FILE), "raw", read_only=True, serial=SeedFormat(record.seed_format).label),
-        machine="microvm" if record.machine == "microvm" else "q35",
+        machine=machine_type(record),
         kernel=kernel_boot(record, accel),
         accel=accel,
         cpus=record.vcpus,
         memory_mib=record.guest_memory_mib,
         host_nodes=record.host_nodes,
         guest_numa_nodes=record.guest_numa_nodes,
-        hugepages=HugepageConfig(page_size_kib=record.hugepage_page_kib) if record.hugepage_page_kib else None,
+        hugepages=hugepages(record),
         extra_args=record.volume_args + shares_args(shares_from_json(record.shares), transport(record.machine)),
         shared_memory=bool(record.shares),
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,

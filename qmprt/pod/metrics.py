@@ -26,7 +26,7 @@ import psutil
 from qmprt.cgroups import CgroupCounters
 from qmprt.errors import QmprtError
 from qmprt.net.stats import InterfaceCounters, interface_counters
-from qmprt.pod.records import Container, Sandbox
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.states import ContainerState
 from qmprt.pod.stats import disk_usage, mountpoint_of
 

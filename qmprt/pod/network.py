@@ -36,7 +36,7 @@ from qmprt.net import wiring
 from qmprt.net.cni import CNI, DNS, CNIResult, K8sArgs, PortMapping, parse_result
 from qmprt.net.dhcp import DHCPResponder, Lease
 from qmprt.net.wiring import Link
-from qmprt.pod.model import SandboxSpec
+from qmprt.pod.specs import SandboxSpec
 from qmprt.vm.config import NICConfig
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,9 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 
@@ -40,74 +41,102 @@ from qmprt import state, telemetry
 from qmprt.cgroups import Cgroup
 from qmprt.errors import QmprtError, best_effort
 from qmprt.net import netns
-from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE, Container, Sandbox
+from qmprt.pod.network import PodNetworks
+from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE
+from qmprt.pod.live import Container, Sandbox
+from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons
+from qmprt.pod.vms import ContainerVMs
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM, VMState, remove_state_files, started_for_sure
-
-if TYPE_CHECKING:
-    from qmprt.pod.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-async def recover(runtime: Runtime) -> None:
-    adopted = exited = removed = quarantined = 0
-    for directory in sorted(runtime.pods_root.iterdir()):
-        if not directory.is_dir():
-            continue
-        state.remove_stale_temp_files(directory)
-        if not (directory / SANDBOX_FILE).exists():
-            log.warning("removing half-created sandbox %s", directory.name[:12])
-            name = netns.netns_name(directory.name)
-            with contextlib.suppress(QmprtError):
-                await runtime.networks.forget_half_created(directory.name, str(netns.netns_path(name)))
-            netns.remove(name)
-            shutil.rmtree(directory, ignore_errors=True)
-            removed += 1
-            continue
-        try:
-            sandbox = Sandbox.load(directory)
-        except _UNREADABLE as err:
-            await _quarantine_sandbox(runtime, directory, err)
-            quarantined += 1
-            continue
-        if sandbox.status.state == SandboxState.READY and not netns.exists(netns.netns_name(sandbox.id)):
-            log.warning("sandbox %s lost its network namespace: NOTREADY", sandbox.id[:12])
-            sandbox.set_state(SandboxState.NOTREADY)
-        elif sandbox.status.state == SandboxState.READY and sandbox.network is not None:
-            if await runtime.networks.readopt(sandbox.id, sandbox.spec, sandbox.network):
-                # kubelet replaces a NOTREADY sandbox: the new one gets a working network.
-                log.warning("sandbox %s lost its network wiring: NOTREADY", sandbox.id[:12])
-                sandbox.set_state(SandboxState.NOTREADY)
-        runtime.register_sandbox(sandbox)
-        for container_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
-            state.remove_stale_temp_files(container_dir)
-            if not (container_dir / CONTAINER_FILE).exists():
-                log.warning("removing half-created container %s", container_dir.name[:12])
-                shutil.rmtree(container_dir, ignore_errors=True)
-                removed += 1
-                continue
-            try:
-                container = Container.load(container_dir)
-            except _UNREADABLE as err:
-                _quarantine_container(runtime, container_dir, err)
-                quarantined += 1
-                continue
-            runtime.register_container(container)
-            outcome = await _recover_container(runtime, container)
-            adopted += outcome == "adopted"
-            exited += outcome == "exited"
+@dataclass
+class Recovery:
+    """What recovery works with: where the records are, and what it hands adopted objects to."""
+
+    state_root: Path
+    registry: Registry
+    vms: ContainerVMs
+    networks: PodNetworks
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def pods_root(self) -> Path:
+        return self.state_root / "pods"
+
+
+async def recover(state_root: Path, registry: Registry, vms: ContainerVMs, networks: PodNetworks) -> Counter[str]:
+    """Register every sandbox and container under ``state_root/pods``; the outcomes, counted."""
+    work = Recovery(state_root, registry, vms, networks)
+    for directory in sorted(work.pods_root.iterdir()):
+        if directory.is_dir():
+            await _recover_sandbox(work, directory)
+    counts = work.counts
     log.info(
         "recovered %d sandboxes, %d containers: %d VMs adopted, %d found exited, %d half-created removed",
-        len(runtime.sandboxes), len(runtime.containers), adopted, exited, removed,
+        len(registry.sandboxes), len(registry.containers), counts["adopted"], counts["exited"],
+        counts["half-created-removed"],
     )
-    if quarantined:
-        log.error("%d unreadable records were moved to %s", quarantined, runtime.state_root / QUARANTINE_DIR)
-    outcomes = (("adopted", adopted), ("exited", exited), ("half-created-removed", removed), ("quarantined", quarantined))
-    for outcome, count in outcomes:
-        telemetry.RECOVERIES.labels(outcome).inc(count)
+    if counts["quarantined"]:
+        log.error("%d unreadable records were moved to %s", counts["quarantined"], state_root / QUARANTINE_DIR)
+    for outcome in ("adopted", "exited", "half-created-removed", "quarantined"):
+        telemetry.RECOVERIES.labels(outcome).inc(counts[outcome])
+    return counts
+
+
+async def _recover_sandbox(work: Recovery, directory: Path) -> None:
+    state.remove_stale_temp_files(directory)
+    if not (directory / SANDBOX_FILE).exists():
+        log.warning("removing half-created sandbox %s", directory.name[:12])
+        await _forget_network(work, directory.name)
+        shutil.rmtree(directory, ignore_errors=True)
+        work.counts["half-created-removed"] += 1
+        return
+    try:
+        sandbox = Sandbox.load(directory)
+    except _UNREADABLE as err:
+        await _quarantine_sandbox(work, directory, err)
+        work.counts["quarantined"] += 1
+        return
+    if sandbox.status.state == SandboxState.READY and not netns.exists(netns.netns_name(sandbox.id)):
+        log.warning("sandbox %s lost its network namespace: NOTREADY", sandbox.id[:12])
+        sandbox.set_state(SandboxState.NOTREADY)
+    elif sandbox.status.state == SandboxState.READY and sandbox.network is not None:
+        if await work.networks.readopt(sandbox.id, sandbox.spec, sandbox.network):
+            # kubelet replaces a NOTREADY sandbox: the new one gets a working network.
+            log.warning("sandbox %s lost its network wiring: NOTREADY", sandbox.id[:12])
+            sandbox.set_state(SandboxState.NOTREADY)
+    work.registry.add_sandbox(sandbox)
+    for container_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
+        outcome = await _load_container(work, container_dir)
+        work.counts[outcome] += 1
+
+
+async def _load_container(work: Recovery, container_dir: Path) -> str:
+    state.remove_stale_temp_files(container_dir)
+    if not (container_dir / CONTAINER_FILE).exists():
+        log.warning("removing half-created container %s", container_dir.name[:12])
+        shutil.rmtree(container_dir, ignore_errors=True)
+        return "half-created-removed"
+    try:
+        container = Container.load(container_dir)
+    except _UNREADABLE as err:
+        _quarantine_container(work, container_dir, err)
+        return "quarantined"
+    work.registry.add_container(container)
+    return await _recover_container(work, container)
+
+
+async def _forget_network(work: Recovery, sandbox_id: str) -> None:
+    """CNI DEL from the cache (its IPAM addresses are released), then the namespace goes."""
+    name = netns.netns_name(sandbox_id)
+    with contextlib.suppress(QmprtError):
+        await work.networks.forget_half_created(sandbox_id, str(netns.netns_path(name)))
+    netns.remove(name)
 
 
 QUARANTINE_DIR = "quarantine"
@@ -115,30 +144,27 @@ QUARANTINE_DIR = "quarantine"
 _UNREADABLE = (QmprtError, ValueError, KeyError, TypeError, AttributeError)
 
 
-def _quarantine(runtime: Runtime, directory: Path, relative: str) -> Path:
-    target = state.ensure_private_dir(runtime.state_root / QUARANTINE_DIR) / relative
+def _quarantine(work: Recovery, directory: Path, relative: str) -> Path:
+    target = state.ensure_private_dir(work.state_root / QUARANTINE_DIR) / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(directory, target)
     return target
 
 
-async def _quarantine_sandbox(runtime: Runtime, directory: Path, err: BaseException) -> None:
+async def _quarantine_sandbox(work: Recovery, directory: Path, err: BaseException) -> None:
     """A sandbox whose records cannot be read is unknown to kubelet's view: its VMs are stopped (found
     by their ``-name``), its namespace removed, its directory kept aside for a person to look at."""
     for container_dir in (p for p in directory.iterdir() if p.is_dir()):
         _kill_vm_named(container_dir.name)
-    name = netns.netns_name(directory.name)
-    with contextlib.suppress(QmprtError):  # CNI DEL from the cache: its IPAM addresses are released
-        await runtime.networks.forget_half_created(directory.name, str(netns.netns_path(name)))
-    netns.remove(name)
-    target = _quarantine(runtime, directory, directory.name)
+    await _forget_network(work, directory.name)
+    target = _quarantine(work, directory, directory.name)
     log.error("sandbox %s cannot be read (%s): moved to %s", directory.name[:12], err, target)
 
 
-def _quarantine_container(runtime: Runtime, directory: Path, err: BaseException) -> None:
+def _quarantine_container(work: Recovery, directory: Path, err: BaseException) -> None:
     _kill_vm_named(directory.name)
-    target = _quarantine(runtime, directory, f"{directory.parent.name}/{directory.name}")
+    target = _quarantine(work, directory, f"{directory.parent.name}/{directory.name}")
     log.error("container %s cannot be read (%s): its VM was stopped, moved to %s", directory.name[:12], err, target)
 
 
@@ -152,7 +178,7 @@ def _kill_vm_named(container_id: str) -> None:
                 log.warning("stopped QEMU pid %d of unreadable container %s", process.pid, container_id[:12])
 
 
-async def _undo_cut_start(runtime: Runtime, container: Container, cgroup: Cgroup | None) -> None:
+async def _undo_cut_start(work: Recovery, container: Container, cgroup: Cgroup | None) -> None:
     """A StartContainer cut before it recorded QEMU's pid: whatever it spawned is in the VM's cgroup
     (QEMU is exec'd straight into it), so kill that, remove what the start wrote, and leave the
     container CREATED: the retried StartContainer starts it afresh."""
@@ -161,12 +187,12 @@ async def _undo_cut_start(runtime: Runtime, container: Container, cgroup: Cgroup
         with best_effort(log, f"removing the cgroup {cgroup.path} of a cut start"):
             cgroup.kill()
             cgroup.delete()
-    await runtime.stop_share_daemons(container)
+    await work.vms.stop_share_daemons(container)
     remove_state_files(container.directory)
-    shutil.rmtree(runtime.container_run_dir(container.id), ignore_errors=True)
+    shutil.rmtree(work.vms.run_dir(container.id), ignore_errors=True)
 
 
-async def _recover_container(runtime: Runtime, container: Container) -> str:
+async def _recover_container(work: Recovery, container: Container) -> str:
     status = container.status
     has_vm = (container.directory / "vm.json").exists()
     if status.state not in (ContainerState.RUNNING, ContainerState.CREATED) or not has_vm:
@@ -177,20 +203,16 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
             )
             return "exited"
         return "unchanged"
-    cgroup = None
-    with contextlib.suppress(QmprtError):
-        if runtime.cgroup_driver.exists(container.record.cgroup_path):
-            cgroup = runtime.cgroup_driver.open(container.record.cgroup_path)
+    cgroup = work.vms.existing_cgroup(container)
     if status.state == ContainerState.CREATED and not started_for_sure(container.directory):
-        await _undo_cut_start(runtime, container, cgroup)
+        await _undo_cut_start(work, container, cgroup)
         return "unchanged"
-    writer = None
-    log_path = container.record.log_path
-    if log_path and Path(log_path).parent.is_dir():
-        try:
-            writer = CRILogWriter(log_path)
-        except OSError as err:  # a symlink or FIFO put at the log path while qmprt was down
-            log.error("container %s: its log %s is not written: %s", container.id[:12], log_path, err)
+    if cgroup is None:
+        log.warning(
+            "container %s: its cgroup %s is gone; its VM is adopted without limits, stats or OOM count",
+            container.id[:12], container.record.cgroup_path,
+        )
+    writer = _reopen_log(container)
     try:
         vm = await VM.adopt(container.directory, cgroup=cgroup, log_writer=writer)
     except QmprtError as err:
@@ -202,21 +224,40 @@ async def _recover_container(runtime: Runtime, container: Container) -> str:
             message=f"qmprt could not re-adopt the VM after a restart: {err}",
         )
         return "exited"
-    runtime.attach_vm(container, vm, writer, cgroup)
+    return await _take_over(work, container, vm, writer, cgroup)
+
+
+def _reopen_log(container: Container) -> CRILogWriter | None:
+    log_path = container.record.log_path
+    if not log_path or not Path(log_path).parent.is_dir():
+        return None
+    try:
+        return CRILogWriter(log_path)
+    except OSError as err:  # a symlink or FIFO put at the log path while qmprt was down
+        log.error("container %s: its log %s is not written: %s", container.id[:12], log_path, err)
+        return None
+
+
+async def _take_over(
+    work: Recovery, container: Container, vm: VM, writer: CRILogWriter | None, cgroup: Cgroup | None
+) -> str:
+    """An adopted VM: attached to its container, whose state catches up with the VM's."""
+    was_created = container.status.state == ContainerState.CREATED
+    work.vms.attach(container, vm, writer, cgroup)
     container.share_daemons = ShareDaemons.adopt(container.directory)
     if vm.status.state == VMState.EXITED:
-        await runtime.stop_share_daemons(container)
-        if status.state == ContainerState.CREATED:
+        await work.vms.stop_share_daemons(container)
+        if was_created:
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
         container.sync_from_vm()
         if writer is not None:
             writer.close()
             container.log_writer = None
         return "exited"
-    if status.state == ContainerState.CREATED:
+    if was_created:
         container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
     try:
-        await runtime.pin(container)  # threads created while qmprt was away inherit any affinity
+        await work.vms.pin(container)  # threads created while qmprt was away inherit any affinity
     except QmprtError as err:
         log.warning("container %s: re-pinning after adoption failed: %s", container.id[:12], err)
     return "adopted"

@@ -15,8 +15,8 @@ import time
 
 from qmprt import cgroups
 from qmprt.errors import FailedPrecondition, InvalidArgument, Unavailable, VMError
-from qmprt.pod.model import Resources
-from qmprt.pod.records import Container
+from qmprt.pod.specs import Resources
+from qmprt.pod.live import Container
 from qmprt.pod.sizing import MIN_GUEST_MIB
 from qmprt.vm.machine import VM
 from qmprt.vm.pinning import format_id_list, parse_cpuset

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import psutil
 
 from qmprt.errors import InvalidArgument
-from qmprt.pod.model import Resources
+from qmprt.pod.specs import Resources
 
 MIB = 1 << 20
 MAX_VCPUS = 255

@@ -7,16 +7,12 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from qmprt.cgroups import CgroupStats
 from qmprt.errors import QmprtError
-from qmprt.pod.records import Container, Sandbox
+from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.states import ContainerState
-from qmprt.pod.types import ContainerStatsInfo, SandboxStatsInfo
-
-if TYPE_CHECKING:
-    from qmprt.pod.runtime import Runtime
+from qmprt.pod.views import ContainerStatsInfo, SandboxStatsInfo
 
 
 def mountpoint_of(path: Path) -> str:
@@ -44,7 +40,7 @@ def _cgroup_stats(container: Container) -> CgroupStats | None:
         return None
 
 
-def container_stats(runtime: Runtime, container: Container) -> ContainerStatsInfo:
+def container_stats(container: Container) -> ContainerStatsInfo:
     usage = _cgroup_stats(container)
     used, inodes = disk_usage(container.directory)
     return ContainerStatsInfo(
@@ -67,8 +63,8 @@ def _sum(values: Sequence[int | None]) -> int | None:
     return sum(present) if present else None
 
 
-def sandbox_stats(runtime: Runtime, sandbox: Sandbox, containers: Sequence[Container]) -> SandboxStatsInfo:
-    per_container = tuple(container_stats(runtime, container) for container in containers)
+def sandbox_stats(sandbox: Sandbox, containers: Sequence[Container]) -> SandboxStatsInfo:
+    per_container = tuple(container_stats(container) for container in containers)
     return SandboxStatsInfo(
         sandbox_id=sandbox.id,
         spec=sandbox.spec,

@@ -21,7 +21,7 @@ from qmprt import state
 from qmprt.cloudinit import SeedFile, SeedMount
 from qmprt.errors import InvalidArgument, NotFound
 from qmprt.pod.annotations import ISCSI_VOLUMES, RBD_VOLUMES, QmprtAnnotations
-from qmprt.pod.model import ContainerSpec, DeviceSpec, MountSpec
+from qmprt.pod.specs import ContainerSpec, DeviceSpec, MountSpec
 from qmprt.volumes import (
     Attachment,
     BlockVolume,

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from qmprt import cgroups, config as config_module
 from qmprt.image import open_store
-from qmprt.pod import recovery
-from qmprt.pod.model import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
+from qmprt.pod.specs import ContainerMetadata, ContainerSpec, SandboxMetadata, SandboxSpec
 from qmprt.pod.runtime import Runtime
 
 from .conftest import TEST_CGROUP_ROOT
@@ -35,7 +34,7 @@ async def open_runtime(
     if images.resolve("tiny") is None:
         images.import_file(tiny.disk, "tiny")
     runtime = Runtime(cfg, images, cgroups.detect())
-    await recovery.recover(runtime)
+    await runtime.recover()
     return runtime
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qmprt.cloudinit import hostname_from_name
 from qmprt.pod.annotations import COMMAND_EXIT
-from qmprt.pod.model import ContainerMetadata, SandboxMetadata
+from qmprt.pod.specs import ContainerMetadata, SandboxMetadata
 from qmprt.pod.states import ContainerState
 
 from .pods import BOOT_TIMEOUT, container_spec, open_runtime, sandbox_spec, wait_for_log

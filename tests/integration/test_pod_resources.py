@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qmprt.errors import FailedPrecondition, InvalidArgument
-from qmprt.pod.model import ContainerMetadata, Resources
+from qmprt.pod.specs import ContainerMetadata, Resources
 from qmprt.pod.states import ContainerState
 
 from .conftest import TEST_CGROUP_ROOT

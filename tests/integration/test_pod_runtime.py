@@ -12,7 +12,7 @@ import pytest
 
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.net import netns
-from qmprt.pod.model import ContainerMetadata, DeviceSpec, MountSpec, Resources, SandboxMetadata
+from qmprt.pod.specs import ContainerMetadata, DeviceSpec, MountSpec, Resources, SandboxMetadata
 from qmprt.pod.states import ContainerState, SandboxState
 
 from .conftest import TEST_CGROUP_ROOT

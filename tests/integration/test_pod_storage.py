@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from qmprt.pod.model import DeviceSpec, DNSSettings, MountSpec
+from qmprt.pod.specs import DNSSettings, DeviceSpec, MountSpec
 
 from .pods import container_spec, open_runtime, sandbox_spec, wait_for_log
 

@@ -1,7 +1,7 @@
 import pytest
 
 from qmprt.errors import InvalidArgument
-from qmprt.pod.model import Resources
+from qmprt.pod.specs import Resources
 from qmprt.pod.sizing import MIB, size_vm
 
 HOST = 8 << 30

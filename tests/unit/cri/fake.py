@@ -21,17 +21,10 @@ from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.image import FsUsage, ImageRecord
 from qmprt.pod.metrics import ContainerMetricsInfo, MetricSample, SandboxMetricsInfo
-from qmprt.pod.model import ContainerSpec, Resources, SandboxSpec
+from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
-from qmprt.pod.types import (
-    ContainerInfo,
-    ContainerStatsInfo,
-    ContainerStatus,
-    RuntimeHealth,
-    SandboxInfo,
-    SandboxStatsInfo,
-    SandboxStatus,
-)
+from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, RuntimeHealth, SandboxInfo, SandboxStatsInfo
+from qmprt.pod.records import ContainerStatus, SandboxStatus
 from qmprt.vm.agent import ExecResult
 
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.pod.model import Resources
+from qmprt.pod.specs import Resources
 
 from .conftest import ODD_LABELS, Client, container_config, create_container, pod_config, run_pod, status_of
 from .fake import FakeRuntime

@@ -7,7 +7,7 @@ from cri_api.v1 import api_pb2 as cri
 
 from qmprt.cri import answers, convert
 from qmprt.errors import InvalidArgument
-from qmprt.pod.model import Resources
+from qmprt.pod.specs import Resources
 from qmprt.pod.states import ContainerState, SandboxState
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from qmprt.pod.types import RuntimeHealth
+from qmprt.pod.views import RuntimeHealth
 
 from .conftest import Client, create_container, run_pod
 from .fake import FakeRuntime

@@ -10,7 +10,7 @@ from qmprt.cloudinit import DNSConfig
 from qmprt.cloudinit import Route as SeedRoute
 from qmprt.net.cni import parse_result
 from qmprt.net.wiring import Link, RouteInfo
-from qmprt.pod.model import DNSSettings, SandboxMetadata, SandboxSpec
+from qmprt.pod.specs import DNSSettings, SandboxMetadata, SandboxSpec
 from qmprt.pod.network import Attachment, PodNetwork, dhcp_lease, guest_dns, guest_interface
 
 BRIDGE = Link(
