@@ -16,8 +16,8 @@ from cri_api.v1 import api_pb2 as cri
 from qmprt.cri.convert import RESOURCE_SCALARS, cri_state
 from qmprt.image import ImageRecord
 from qmprt.pod.metrics import DESCRIPTORS, MetricSample, SandboxMetricsInfo
-from qmprt.pod.model import ContainerMetadata, Resources, SandboxMetadata
-from qmprt.pod.types import ContainerInfo, ContainerStatsInfo, SandboxInfo, SandboxStatsInfo
+from qmprt.pod.specs import ContainerMetadata, Resources, SandboxMetadata
+from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, SandboxInfo, SandboxStatsInfo
 
 # -- objects and their statuses -------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from cri_api.v1 import api_pb2 as cri
 from qmprt.cloudinit import check_hostname
 from qmprt.cri import validate
 from qmprt.errors import InvalidArgument
-from qmprt.pod.model import (
+from qmprt.pod.specs import (
     ContainerMetadata,
     ContainerSpec,
     DeviceSpec,
