@@ -55,7 +55,8 @@ from qmprt.pod.types import (
 from qmprt.vm import accel as accel_module
 from qmprt.vm.agent import ExecResult
 from qmprt.vm.console import CRILogWriter
-from qmprt.vm.machine import VM, VMState
+from qmprt.vm.config import VMState
+from qmprt.vm.machine import VM
 from qmprt.vm.numa import check_host
 from qmprt.vm.pinning import parse_cpuset, parse_id_list
 
