@@ -13,11 +13,12 @@ from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.network import PodNetwork, guest_dns
 from qmprt.pod.records import ContainerRecord
 from qmprt.pod.storage import StoragePlan, shares_from_json
-from qmprt.vm.machine import DiskConfig, VMConfig
+from qmprt.vm.config import DiskConfig, VMConfig
 from qmprt.vm.accel import host_tsc_khz
 from qmprt.vm.devices import KernelBoot
 from qmprt.vm.numa import HugepageConfig
-from qmprt.volumes import Transport, shares_args
+from qmprt.virtio import Transport
+from qmprt.volumes import shares_args
 from qmprt.vm.spec import Accelerator, MachineType
 
 OVERLAY_FILE = "overlay.qcow2"
@@ -80,7 +81,7 @@ def allocate_vm_uid(defaults: VMDefaults, used: Iterable[int | None]) -> int | N
 
 
 def transport(machine: str) -> Transport:
-    return "mmio" if machine == "microvm" else "pci"
+    return Transport.for_machine(machine)
 
 
 def kernel_boot(record: ContainerRecord, accel: Accelerator) -> KernelBoot | None:

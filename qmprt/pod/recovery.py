@@ -49,7 +49,10 @@ from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons
 from qmprt.pod.vms import ContainerVMs
 from qmprt.vm.console import CRILogWriter
-from qmprt.vm.machine import VM, VMState, remove_state_files, started_for_sure
+from qmprt.vm.config import VMState
+from qmprt.vm.files import remove_state_files
+from qmprt.vm.machine import VM
+from qmprt.vm.status import started_for_sure
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from qmprt.errors import FailedPrecondition, Unavailable
 from qmprt.pod.live import Container
 from qmprt.pod.states import ContainerState
 from qmprt.vm.agent import ExecResult
-from qmprt.vm.machine import VM, VMState
+from qmprt.vm.config import VMState
+from qmprt.vm.machine import VM
 
 
 def running_vm(container: Container) -> VM:

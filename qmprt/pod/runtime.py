@@ -38,7 +38,7 @@ from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, RuntimeHealth, Sa
 from qmprt.pod.vms import ContainerVMs
 from qmprt.vm import accel as accel_module
 from qmprt.vm.agent import ExecResult
-from qmprt.vm.machine import VMState
+from qmprt.vm.config import VMState
 
 if TYPE_CHECKING:
     from qmprt.image import ImageStore

@@ -22,6 +22,7 @@ from qmprt.cloudinit import SeedFile, SeedMount
 from qmprt.errors import InvalidArgument, NotFound
 from qmprt.pod.annotations import ISCSI_VOLUMES, RBD_VOLUMES, QmprtAnnotations
 from qmprt.pod.specs import ContainerSpec, DeviceSpec, MountSpec
+from qmprt.virtio import Transport
 from qmprt.volumes import (
     Attachment,
     BlockVolume,
@@ -29,7 +30,6 @@ from qmprt.volumes import (
     HostBlockVolume,
     ISCSIVolume,
     RBDVolume,
-    Transport,
     VirtiofsDaemon,
     VirtiofsShare,
     volume_args,

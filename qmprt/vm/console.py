@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
+from qmprt.errors import FailedPrecondition
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024
@@ -235,3 +237,33 @@ class ConsolePump:
         if self._raw is not None:
             self._raw.close()
             self._raw = None
+
+
+class MarkerWaiters:
+    """Waiters for a marker on the console, fed each chunk the pump copies (``ConsolePump.on_data``);
+    a marker split across chunks is found in the last ``TAIL_BYTES`` seen."""
+
+    TAIL_BYTES = 4096
+
+    def __init__(self) -> None:
+        self._waiters: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        self._tail = (self._tail + data)[-self.TAIL_BYTES:]
+        for marker, waiter in list(self._waiters):
+            if marker in self._tail and not waiter.done():
+                waiter.set_result(None)
+        self._waiters = [(m, w) for m, w in self._waiters if not w.done()]
+
+    async def wait(self, marker: bytes, timeout: float) -> None:
+        """Wait until ``marker`` is fed (``TimeoutError`` after ``timeout`` s)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((marker, waiter))
+        await asyncio.wait_for(waiter, timeout)
+
+    def vm_exited(self) -> None:
+        """Fail every waiter: nothing more will be printed."""
+        for marker, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(FailedPrecondition(f"the VM exited before printing {marker!r}"))

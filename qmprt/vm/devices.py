@@ -10,19 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Literal
 
-
-class Transport(str, Enum):
-    """How virtio devices reach the guest: PCI on q35, MMIO on microvm."""
-
-    PCI = "pci"
-    MMIO = "mmio"
-
-    def virtio(self, kind: str) -> str:
-        """``virtio-blk`` → ``virtio-blk-pci`` or ``virtio-blk-device``."""
-        return f"{kind}-pci" if self is Transport.PCI else f"{kind}-device"
+from qmprt.virtio import Transport
 
 
 def keyval_escape(value: str) -> str:

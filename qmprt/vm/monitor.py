@@ -32,6 +32,15 @@ WATCHED_EVENTS = (
 )
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, however it ends (an error is logged). A
+    cancellation of the caller itself is not swallowed: it propagates from the wait."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("task %s ended with %r", task.get_name(), task.exception())
+
+
 @dataclass(frozen=True)
 class MonitorEvent:
     name: str
@@ -56,6 +65,18 @@ class Monitor:
             await asyncio.wait_for(self._client.connect(socket_path), timeout)
         except (ConnectError, OSError, asyncio.TimeoutError) as err:
             raise Unavailable(f"cannot connect to QMP at {socket_path}: {err}") from err
+
+    async def connect_unless(self, socket_path: str, gone: asyncio.Event) -> bool:
+        """``connect``, unless ``gone`` (QEMU exited) is set first: then False, and no connection."""
+        connect = asyncio.ensure_future(self.connect(socket_path))
+        exited = asyncio.ensure_future(gone.wait())
+        done, _ = await asyncio.wait({connect, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if connect not in done:
+            await cancel_and_wait(connect)
+            return False
+        exited.cancel()
+        connect.result()
+        return True
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
         try:

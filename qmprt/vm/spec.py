@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from qmprt.vm.devices import KernelBoot, MemoryBackend, NumaNode, Transport, keyval_escape
+from qmprt.virtio import Transport
+from qmprt.vm.devices import KernelBoot, MemoryBackend, NumaNode, keyval_escape
 
 MachineType = Literal["q35", "microvm"]
 Accelerator = Literal["kvm", "tcg"]
@@ -86,7 +87,7 @@ class VMSpec:
 
     @property
     def transport(self) -> Transport:
-        return Transport.MMIO if self.machine == "microvm" else Transport.PCI
+        return Transport.for_machine(self.machine)
 
     def machine_args(self) -> list[str]:
         if self.machine == "microvm":

@@ -23,7 +23,6 @@ from qmprt.volumes.block import (
     HostBlockVolume,
     QMPCommand,
     SecretObject,
-    Transport,
     volume_args,
     write_secret,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "QMPCommand",
     "RBDVolume",
     "SecretObject",
-    "Transport",
     "VirtiofsDaemon",
     "VirtiofsShare",
     "shares_args",

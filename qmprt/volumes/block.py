@@ -35,8 +35,8 @@ from typing import Any, ClassVar, Literal
 
 from qmprt.osutil import run_bounded
 from qmprt.errors import InvalidArgument
+from qmprt.virtio import Transport
 
-Transport = Literal["pci", "mmio"]  # virtio on PCI (q35) or MMIO (microvm)
 Bus = Literal["virtio-blk", "virtio-scsi"]
 SecretFormat = Literal["raw", "base64"]
 QMPCommand = tuple[str, dict[str, Any]]
@@ -54,8 +54,9 @@ def _json(document: dict[str, Any]) -> str:
 
 
 def virtio_driver(kind: str, transport: Transport) -> str:
-    """``virtio-scsi`` → ``virtio-scsi-pci`` on PCI, ``virtio-scsi-device`` on MMIO."""
-    return f"{kind}-pci" if transport == "pci" else f"{kind}-device"
+    """``virtio-scsi`` → ``virtio-scsi-pci`` on PCI, ``virtio-scsi-device`` on MMIO (``transport`` may
+    also be its value, ``"pci"`` or ``"mmio"``)."""
+    return Transport(transport).virtio(kind)
 
 
 @dataclass(frozen=True)

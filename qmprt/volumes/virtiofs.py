@@ -43,7 +43,8 @@ import psutil
 
 from qmprt.osutil import MAX_SOCKET_PATH, listening_unix_socket
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument
-from qmprt.volumes.block import QMPCommand, Transport, virtio_driver
+from qmprt.virtio import Transport
+from qmprt.volumes.block import QMPCommand, virtio_driver
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 READY_LINE = b"Waiting for vhost-user socket connection"

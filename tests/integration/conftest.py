@@ -13,7 +13,8 @@ import pytest
 
 from qmprt import cgroups
 from qmprt.pod.runtime import Runtime
-from qmprt.vm.machine import VM, VMState
+from qmprt.vm.config import VMState
+from qmprt.vm.machine import VM
 
 from .guests import TinyGuest, tiny_guest
 

@@ -11,7 +11,7 @@ from qmprt.cloudinit import SeedSpec, write_nocloud_iso
 from qmprt.image.overlay import create_overlay
 from qmprt.vm.accel import host_tsc_khz
 from qmprt.vm.devices import KernelBoot
-from qmprt.vm.machine import DiskConfig, VMConfig
+from qmprt.vm.config import DiskConfig, VMConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "images" / "out" / "tiny"

@@ -9,7 +9,8 @@ import sys
 
 from qmprt import cgroups
 from qmprt.vm.console import CRILogWriter
-from qmprt.vm.machine import VM, VMConfig
+from qmprt.vm.config import VMConfig
+from qmprt.vm.machine import VM
 
 
 async def main() -> None:

@@ -18,7 +18,8 @@ from qmprt import cgroups
 from qmprt.cloudinit import SeedSpec
 from qmprt.errors import ShutdownError
 from qmprt.vm.console import CRILogWriter
-from qmprt.vm.machine import VM, ShutdownStep, VMState
+from qmprt.vm.config import ShutdownStep, VMState
+from qmprt.vm.machine import VM
 
 from .conftest import make_cgroup
 from .guests import BOOT_MODES, TinyGuest, vm_config

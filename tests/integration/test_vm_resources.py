@@ -18,7 +18,8 @@ import pytest
 
 from qmprt import cgroups
 from qmprt.errors import InvalidArgument
-from qmprt.vm.machine import VM, VMConfig
+from qmprt.vm.config import VMConfig
+from qmprt.vm.machine import VM
 from qmprt.vm.numa import HugepageConfig, host_memory_nodes
 from qmprt.vm.pinning import format_id_list
 

@@ -1,6 +1,7 @@
 import pytest
 
-from qmprt.vm.machine import ShutdownStep, classify_exit
+from qmprt.vm.config import ShutdownStep
+from qmprt.vm.exits import classify_exit
 
 BASE = dict(
     returncode=None, shutdown_reason=None, shutdown_by_guest=False, panicked=False,
@@ -45,7 +46,7 @@ def test_classify_exit(seen: dict[str, object], code: int, reason: str, in_messa
     ids=["poweroff", "panic", "signal", "no-evidence"],
 )
 def test_infer_unwatched_exit(console: bytes, qemu_log: str, expected: dict[str, object]) -> None:
-    from qmprt.vm.machine import infer_unwatched_exit
+    from qmprt.vm.exits import infer_unwatched_exit
 
     assert infer_unwatched_exit(console, qemu_log) == expected
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qmprt.errors import InvalidArgument, ResourceExhausted
-from qmprt.vm.machine import DiskConfig, VMConfig
+from qmprt.vm.config import DiskConfig, VMConfig
 from qmprt.vm.numa import HugepageConfig, MemoryPlan, check_host, hugetlbfs_page_kib, plan_memory
 
 

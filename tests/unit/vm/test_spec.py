@@ -5,8 +5,10 @@ import json
 
 import pytest
 
-from qmprt.vm.devices import Blockdev, KernelBoot, MemoryBackend, NumaNode, Transport, VirtioBalloon, VirtioBlk
-from qmprt.vm.machine import DiskConfig, VM, VMConfig
+from qmprt.virtio import Transport
+from qmprt.vm.config import DiskConfig, VMConfig
+from qmprt.vm.devices import Blockdev, KernelBoot, MemoryBackend, NumaNode, VirtioBalloon, VirtioBlk
+from qmprt.vm.machine import VM
 from qmprt.vm.numa import HugepageConfig
 from qmprt.vm.spec import VMSpec
 
@@ -234,7 +236,7 @@ def test_config_json_round_trip_keeps_the_memory_layout() -> None:
 
 
 def test_nics_follow_the_disks_in_order_with_their_tap_fds() -> None:
-    from qmprt.vm.machine import NICConfig
+    from qmprt.vm.config import NICConfig
 
     config = VMConfig(
         vm_id="ctr1",
@@ -256,7 +258,7 @@ def test_nics_follow_the_disks_in_order_with_their_tap_fds() -> None:
 
 
 def test_microvm_nic_is_a_virtio_mmio_device() -> None:
-    from qmprt.vm.machine import NICConfig
+    from qmprt.vm.config import NICConfig
 
     config = VMConfig(vm_id="ctr1", machine="microvm", root_disk=DiskConfig("/s/o.qcow2", "qcow2"),
                       kernel=KernelBoot("/k", None, ()), nics=(NICConfig("0a:58:0a:63:00:05"),))
@@ -271,7 +273,7 @@ def test_microvm_nic_is_a_virtio_mmio_device() -> None:
 )
 def test_bad_nics_are_refused(mac: str, mtu: int | None, complaint: str) -> None:
     from qmprt.errors import InvalidArgument
-    from qmprt.vm.machine import NICConfig
+    from qmprt.vm.config import NICConfig
 
     with pytest.raises(InvalidArgument, match=complaint):
         NICConfig(mac, mtu)
@@ -279,7 +281,7 @@ def test_bad_nics_are_refused(mac: str, mtu: int | None, complaint: str) -> None
 
 def test_a_nic_without_its_tap_fd_is_refused() -> None:
     from qmprt.errors import InvalidArgument
-    from qmprt.vm.machine import NICConfig
+    from qmprt.vm.config import NICConfig
 
     config = VMConfig(vm_id="ctr1", root_disk=DiskConfig("/s/o.qcow2", "qcow2"), nics=(NICConfig("0a:58:0a:63:00:05"),))
     with pytest.raises(InvalidArgument, match="1 NICs configured but 0 tap fds"):

@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from qmprt.errors import InvalidArgument
-from qmprt.vm.machine import VM, DiskConfig, VMConfig
+from qmprt.vm.config import DiskConfig, VMConfig
+from qmprt.vm.machine import VM
 from qmprt.volumes import VIRTIOFSD, VirtiofsDaemon, VirtiofsShare, shares_args, virtiofs_unavailable
 
 
