@@ -124,18 +124,20 @@ class VMConfig:
     run_as: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        self.memory_plan()
+        # Planned once (it also checks the layout); memory_plan() hands out this one.
+        object.__setattr__(self, "_memory_plan", plan_memory(
+            memory_mib=self.memory_mib, cpus=self.cpus, machine=self.machine,
+            guest_numa_nodes=self.guest_numa_nodes, host_nodes=self.host_nodes,
+            hugepages=self.hugepages, shared=self.shared_memory,
+        ))
         if self.run_as is not None and not all(0 < part < 2**32 - 1 for part in self.run_as):
             raise InvalidArgument(f"a VM's user and group must be non-root ids, not {self.run_as}")
         if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args):
             raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
 
     def memory_plan(self) -> MemoryPlan:
-        return plan_memory(
-            memory_mib=self.memory_mib, cpus=self.cpus, machine=self.machine,
-            guest_numa_nodes=self.guest_numa_nodes, host_nodes=self.host_nodes,
-            hugepages=self.hugepages, shared=self.shared_memory,
-        )
+        plan: MemoryPlan = self.__dict__["_memory_plan"]
+        return plan
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

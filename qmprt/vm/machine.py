@@ -78,6 +78,7 @@ class VM:
         self._exit_callbacks: list[Callable[[VM], None]] = []
         self._console_waiters = MarkerWaiters()
         self._after_exit_task: asyncio.Task[None] | None = None  # kept: a task nobody holds can vanish
+        self._exit_task: asyncio.Task[None] | None = None
         self.timings = StartTimings()
         self.console = ConsolePump(
             self.console_raw, state_dir / files.CONSOLE_OFFSET, log_writer, self._console_waiters.feed
@@ -209,7 +210,7 @@ class VM:
 
     # -- exit --------------------------------------------------------------------------------------
     def _on_process_exit(self) -> None:
-        asyncio.get_running_loop().create_task(self._handle_exit(), name=f"exit:{self.vm_id}")
+        self._exit_task = asyncio.get_running_loop().create_task(self._handle_exit(), name=f"exit:{self.vm_id}")
 
     async def _handle_exit(self) -> None:
         if self._exited.is_set() or self.status.state == VMState.EXITED:
