@@ -31,6 +31,7 @@ from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage, shares_from_json
 from qmprt.pod.records import ContainerStatus
 from qmprt.pod.vms import ContainerVMs
+from qmprt.virtio import Transport
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM
 from qmprt.vm.numa import check_host
@@ -96,7 +97,7 @@ class Containers:
             base_virtual_size_bytes=image.virtual_size,
         )
         storage = await plan_storage(
-            spec, requested, directory, self.vms.run_dir(container_id), guest.transport(choices.machine)
+            spec, requested, directory, self.vms.run_dir(container_id), Transport.for_machine(choices.machine)
         )
         await asyncio.to_thread(
             guest.write_seed, directory, container_id, spec, sandbox.spec, requested, storage, sandbox.network,

@@ -80,10 +80,6 @@ def allocate_vm_uid(defaults: VMDefaults, used: Iterable[int | None]) -> int | N
     )
 
 
-def transport(machine: str) -> Transport:
-    return Transport.for_machine(machine)
-
-
 def kernel_boot(record: ContainerRecord, accel: Accelerator) -> KernelBoot | None:
     if record.kernel is None:
         return None
@@ -127,7 +123,7 @@ def vm_config(
         host_nodes=record.host_nodes,
         guest_numa_nodes=record.guest_numa_nodes,
         hugepages=hugepages(record),
-        extra_args=record.volume_args + shares_args(shares_from_json(record.shares), transport(record.machine)),
+        extra_args=record.volume_args + shares_args(shares_from_json(record.shares), Transport.for_machine(record.machine)),
         shared_memory=bool(record.shares),
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,
