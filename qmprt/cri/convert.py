@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
@@ -120,9 +120,25 @@ def sandbox_spec(config: cri.PodSandboxConfig, runtime_handler: str) -> SandboxS
     )
 
 
+def _mounts(mounts: Sequence[cri.Mount]) -> tuple[MountSpec, ...]:
+    """Each mount well formed, each at its own absolute guest path (whether its host path exists is
+    the node's to say, at create)."""
+    specs = tuple(_mount(mount) for mount in mounts)
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.container_path in seen:
+            raise InvalidArgument(f"mounts: two mounts at {spec.container_path[:200]!r}")
+        seen.add(spec.container_path)
+    return specs
+
+
 def _mount(mount: cri.Mount) -> MountSpec:
     validate.text(mount.container_path, "mounts: container_path")
     validate.text(mount.host_path, "mounts: host_path")
+    if not os.path.isabs(mount.container_path):
+        raise InvalidArgument(
+            f"mounts: container_path {mount.container_path[:200]!r} must be an absolute guest path"
+        )
     if mount.HasField("image") and mount.image.image:
         raise InvalidArgument(
             f"mounts: {mount.container_path!r} is an image volume ({mount.image.image[:200]}): qmprt does not "
@@ -212,7 +228,7 @@ def container_spec(config: cri.ContainerConfig) -> ContainerSpec:
         args=tuple(config.args),
         working_dir=config.working_dir,
         envs=tuple((env.key, env.value) for env in config.envs),
-        mounts=tuple(_mount(m) for m in config.mounts),
+        mounts=_mounts(config.mounts),
         devices=tuple(_device(d) for d in config.devices),
         labels=dict(config.labels),
         annotations=dict(config.annotations),

@@ -28,7 +28,7 @@ from qmprt.pod.network import PodNetworks
 from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
-from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage, shares_from_json
+from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage
 from qmprt.pod.records import ContainerStatus
 from qmprt.pod.vms import ContainerVMs
 from qmprt.virtio import Transport
@@ -161,7 +161,7 @@ class Containers:
         cgroup: cgroups.Cgroup | None = None
         nic_fds: list[int] = []
         try:
-            shares = shares_from_json(container.record.shares)
+            shares = container.record.shares
             if shares:
                 state.ensure_private_dir(self.vms.run_dir(container.id))
                 fs_cgroup = self.vms.share_cgroup(container)

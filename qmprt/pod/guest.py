@@ -12,14 +12,14 @@ from qmprt.pod.specs import ContainerSpec, SandboxSpec
 from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.network import PodNetwork, guest_dns
 from qmprt.pod.records import ContainerRecord
-from qmprt.pod.storage import StoragePlan, shares_from_json
+from qmprt.pod.storage import StoragePlan
 from qmprt.vm.config import DiskConfig, VMConfig
 from qmprt.vm.accel import host_tsc_khz
-from qmprt.vm.devices import KernelBoot
+from qmprt.vm.devices import KernelBoot, RawArgs
 from qmprt.vm.numa import HugepageConfig
 from qmprt.virtio import Transport
-from qmprt.volumes import shares_args
-from qmprt.vm.spec import Accelerator, MachineType
+from qmprt.volumes import BlockVolumes, VirtiofsShares
+from qmprt.vm.spec import Accelerator, Device, MachineType
 
 OVERLAY_FILE = "overlay.qcow2"
 SEED_FILE = "seed.iso"
@@ -106,6 +106,17 @@ def hugepages(record: ContainerRecord) -> HugepageConfig | None:
     return HugepageConfig(page_size_kib=record.hugepage_page_kib) if record.hugepage_page_kib else None
 
 
+def extra_devices(record: ContainerRecord) -> tuple[Device, ...]:
+    """The container's disks and shares, as devices of its VM (an old record's disks as it rendered them)."""
+    transport = Transport.for_machine(record.machine)
+    devices: list[Device] = [RawArgs(record.volume_args)] if record.volume_args else []
+    if record.volumes:
+        devices.append(BlockVolumes(record.volumes, transport))
+    if record.shares:
+        devices.append(VirtiofsShares(record.shares, transport))
+    return tuple(devices)
+
+
 def vm_config(
     container_id: str, directory: Path, record: ContainerRecord, config: Config, accel: Accelerator,
     network: PodNetwork | None = None,
@@ -123,7 +134,7 @@ def vm_config(
         host_nodes=record.host_nodes,
         guest_numa_nodes=record.guest_numa_nodes,
         hugepages=hugepages(record),
-        extra_args=record.volume_args + shares_args(shares_from_json(record.shares), Transport.for_machine(record.machine)),
+        extra_devices=extra_devices(record),
         shared_memory=bool(record.shares),
         tcg_tb_size_mib=config.vm.tcg_tb_size_mib or None,
         binary=config.vm.qemu_binary,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qmprt import cgroups
@@ -23,7 +22,7 @@ from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.records import ContainerRecord
 from qmprt.pod.sizing import VMSize, size_vm
-from qmprt.pod.storage import StoragePlan, shares_to_json
+from qmprt.pod.storage import StoragePlan
 from qmprt.vm.numa import MemoryPlan, plan_memory
 from qmprt.vm.pinning import parse_cpuset, parse_id_list
 
@@ -46,15 +45,8 @@ class ContainerChoices:
 
 
 def check_container_spec(spec: ContainerSpec, sandbox: SandboxSpec) -> None:
-    """What a container spec needs whatever the node: a name, an image, a log path inside the pod's."""
-    if not spec.metadata.name:
-        raise InvalidArgument("container metadata needs a name")
-    if not spec.image:
-        raise InvalidArgument("container needs an image")
-    if spec.log_path and (os.path.isabs(spec.log_path) or ".." in Path(spec.log_path).parts):
-        raise InvalidArgument(
-            f"log_path {spec.log_path!r} must be relative to the sandbox's log_directory, without '..'"
-        )
+    """What a well-formed container spec (``qmprt.cri.convert`` checked its form) needs of its sandbox:
+    a log directory to hold its log."""
     if spec.log_path and not sandbox.log_directory:
         raise InvalidArgument("log_path is set but the sandbox has no log_directory")
 
@@ -139,8 +131,8 @@ def container_record(
         kernel=boot_files.kernel if boot_files else None,
         initrd=boot_files.initrd if boot_files else None,
         cmdline=boot_files.cmdline if boot_files else "",
-        volume_args=storage.volume_args,
-        shares=shares_to_json(storage.shares),
+        volumes=storage.volumes,
+        shares=storage.shares,
         command_exit=choices.command_exit,
         vm_uid=guest.allocate_vm_uid(config.vm, used_uids),
     )

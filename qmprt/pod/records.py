@@ -21,6 +21,7 @@ from typing import Any
 
 from qmprt.pod.specs import ContainerSpec
 from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.volumes import BlockVolume, VirtiofsShare, volume_from_json, volume_to_json
 
 SANDBOX_FILE = "sandbox.json"
 CONTAINER_FILE = "container.json"
@@ -89,13 +90,18 @@ class ContainerRecord:
     kernel: str | None = None  # direct kernel boot: the image's attached kernel, initrd and cmdline
     initrd: str | None = None
     cmdline: str = ""
-    volume_args: tuple[str, ...] = ()  # rendered disks: devices, data, RBD, iSCSI volumes
-    shares: tuple[dict[str, Any], ...] = ()  # virtiofs shares (qmprt.volumes.VirtiofsShare fields)
+    volumes: tuple[BlockVolume, ...] = ()  # disks: devices, data, RBD, iSCSI volumes
+    shares: tuple[VirtiofsShare, ...] = ()  # virtiofs shares
+    # The disks of a record written before volumes were kept as such: their QEMU arguments, as given.
+    volume_args: tuple[str, ...] = ()
     command_exit: str = "keep"  # "poweroff": the command is a job; its status is the exit code
     vm_uid: int | None = None  # the uid (and gid) its QEMU drops to; None: it stays root
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "spec": self.spec.to_json()}
+        return {
+            **dataclasses.asdict(self), "spec": self.spec.to_json(),
+            "volumes": [volume_to_json(volume) for volume in self.volumes],
+        }
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> ContainerRecord:
@@ -104,7 +110,8 @@ class ContainerRecord:
                 **document,
                 "spec": ContainerSpec.from_json(document["spec"]),
                 "host_nodes": tuple(document.get("host_nodes", ())),
+                "volumes": tuple(volume_from_json(volume) for volume in document.get("volumes", ())),
+                "shares": tuple(VirtiofsShare(**share) for share in document.get("shares", ())),
                 "volume_args": tuple(document.get("volume_args", ())),
-                "shares": tuple(document.get("shares", ())),
             }
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import shutil
 import time
@@ -46,18 +45,14 @@ class Sandboxes:
     pods_root: Path
 
     def check_spec(self, spec: SandboxSpec) -> Mode:
-        """Refuse what no sandbox can be made of; the network wiring the pod asks for."""
-        metadata = spec.metadata
-        if not metadata.name or not metadata.namespace or not metadata.uid:
-            raise InvalidArgument("sandbox metadata needs name, namespace and uid")
+        """Refuse what this node cannot make of a well-formed spec (``qmprt.cri.convert`` checked its
+        form); the network wiring the pod asks for."""
         handlers = ("", *self.config.runtime.handlers)
         if spec.runtime_handler not in handlers:
             raise InvalidArgument(
                 f"unknown runtime handler {spec.runtime_handler!r}; this qmprt serves "
                 f"{', '.join(repr(h) for h in handlers)}"
             )
-        if spec.log_directory and not os.path.isabs(spec.log_directory):
-            raise InvalidArgument(f"log_directory {spec.log_directory!r} must be an absolute path")
         wiring_mode = network_wiring(spec.annotations, self.config.cni.wiring)
         if spec.cgroup_parent:
             planning.parent_path(spec.cgroup_parent, self.config)

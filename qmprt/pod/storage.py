@@ -1,21 +1,19 @@
 """A container's storage requests, checked before anything is created.
 
 ``ContainerConfig.mounts`` (kubelet's ConfigMaps, Secrets, hostPaths… as host paths) and
-``ContainerConfig.devices`` (raw block devices) must name paths that exist; the guest paths must be
-absolute. Refusals are INVALID_ARGUMENT with the offending path named.
+``ContainerConfig.devices`` (raw block devices) must name paths that exist on this node (their form,
+guest paths included, was checked at the CRI edge). Refusals are INVALID_ARGUMENT with the offending path named.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from qmprt import state
 from qmprt.cloudinit import SeedFile, SeedMount
@@ -26,25 +24,20 @@ from qmprt.virtio import Transport
 from qmprt.volumes import (
     Attachment,
     BlockVolume,
+    BlockVolumes,
     EphemeralVolume,
     HostBlockVolume,
     ISCSIVolume,
     RBDVolume,
     VirtiofsDaemon,
     VirtiofsShare,
-    volume_args,
     write_secret,
 )
 
 
 def check_mounts(mounts: Sequence[MountSpec]) -> None:
-    seen: set[str] = set()
+    """The host side of well-formed mounts (``qmprt.cri.convert`` checked their guest paths)."""
     for mount in mounts:
-        if not os.path.isabs(mount.container_path):
-            raise InvalidArgument(f"mount container_path {mount.container_path!r} must be an absolute guest path")
-        if mount.container_path in seen:
-            raise InvalidArgument(f"two mounts at {mount.container_path!r}")
-        seen.add(mount.container_path)
         if not mount.host_path or not os.path.exists(mount.host_path):
             raise InvalidArgument(
                 f"mount at {mount.container_path!r}: host path {mount.host_path!r} does not exist on this node"
@@ -52,6 +45,7 @@ def check_mounts(mounts: Sequence[MountSpec]) -> None:
 
 
 def check_devices(devices: Sequence[DeviceSpec]) -> None:
+    """The host side of well-formed devices: each is a disk this node has."""
     for device in devices:
         try:
             mode = os.stat(device.host_path).st_mode
@@ -62,8 +56,6 @@ def check_devices(devices: Sequence[DeviceSpec]) -> None:
                 f"device {device.host_path!r} is neither a block device nor a disk image file; a VM pod can "
                 "attach only those"
             )
-        if not os.path.isabs(device.container_path):
-            raise InvalidArgument(f"device container_path {device.container_path!r} must be absolute")
 
 
 FILE_MOUNT_MAX_BYTES = 64 * 1024
@@ -82,7 +74,7 @@ class StoragePlan:
     files: tuple[SeedFile, ...] = ()
     seed_mounts: tuple[SeedMount, ...] = ()
     shares: tuple[VirtiofsShare, ...] = ()
-    volume_args: tuple[str, ...] = ()
+    volumes: tuple[BlockVolume, ...] = ()
 
 
 def _serial(container_path: str, used: set[str]) -> str:
@@ -196,15 +188,8 @@ async def plan_storage(
             ISCSIVolume(Attachment(f"iscsi{index}", _serial(f"iscsi{index}", serials)), iscsi.portal, iscsi.target,
                         iscsi.lun, iscsi.user or None, password_file)
         )
-    return StoragePlan(tuple(files), tuple(seed_mounts), tuple(shares), volume_args(volumes, transport))
-
-
-def shares_to_json(shares: Sequence[VirtiofsShare]) -> tuple[dict[str, Any], ...]:
-    return tuple(dataclasses.asdict(share) for share in shares)
-
-
-def shares_from_json(documents: Sequence[dict[str, Any]]) -> tuple[VirtiofsShare, ...]:
-    return tuple(VirtiofsShare(**document) for document in documents)
+    BlockVolumes(tuple(volumes), transport)  # checks them together, as the VM will render them
+    return StoragePlan(tuple(files), tuple(seed_mounts), tuple(shares), tuple(volumes))
 
 
 class ShareDaemons:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qmprt.errors import InvalidArgument
-from qmprt.vm.devices import KernelBoot
+from qmprt.vm.devices import KernelBoot, RawArgs
 from qmprt.vm.numa import HugepageConfig, MemoryPlan, plan_memory
-from qmprt.vm.spec import Accelerator, MachineType
+from qmprt.vm.spec import Accelerator, Device, MachineType
 
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -94,9 +94,10 @@ class VMConfig:
     hugepages, ``shared_memory`` makes it mappable by other processes (virtiofsd). A layout that cannot
     work anywhere raises ``InvalidArgument`` here; one this host cannot give, at ``VM.start``.
 
-    ``extra_args`` are QEMU arguments rendered by another mechanism (``qmprt.volumes``: block volumes,
-    virtiofs shares, their secret objects), placed after the engine's disks. Secrets in them are
-    files QEMU reads, so the argv (and ``vm.json``) never holds one.
+    ``extra_devices`` are devices another mechanism describes (``qmprt.volumes``: block volumes,
+    virtiofs shares, their secret objects), rendered like the engine's own (the ``Device`` protocol:
+    ``args()``) after its disks. Secrets in them are files QEMU reads, so the argv (and ``vm.json``,
+    which keeps their rendering as ``extra_args``) never holds one.
     """
 
     vm_id: str
@@ -114,7 +115,7 @@ class VMConfig:
     guest_numa_nodes: int = 1
     hugepages: HugepageConfig | None = None
     shared_memory: bool = False
-    extra_args: tuple[str, ...] = ()
+    extra_devices: tuple[Device, ...] = ()
     nics: tuple[NICConfig, ...] = ()
     # When the guest powers off, the status after the last console line starting with this is the
     # exit code (a job's command reports its end so); empty: a power-off is exit 0.
@@ -132,18 +133,28 @@ class VMConfig:
         ))
         if self.run_as is not None and not all(0 < part < 2**32 - 1 for part in self.run_as):
             raise InvalidArgument(f"a VM's user and group must be non-root ids, not {self.run_as}")
-        if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args):
+        if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args()):
             raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
 
     def memory_plan(self) -> MemoryPlan:
         plan: MemoryPlan = self.__dict__["_memory_plan"]
         return plan
 
+    def extra_args(self) -> list[str]:
+        """The QEMU arguments of ``extra_devices``, in order."""
+        return [arg for device in self.extra_devices for arg in device.args()]
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as ``vm.json`` keeps it: other mechanisms' devices by their rendering (all an
+        adopted VM needs of them: it is running already)."""
+        document = dataclasses.asdict(self)
+        del document["extra_devices"]
+        return {**document, "extra_args": self.extra_args()}
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> VMConfig:
+        document = dict(document)
+        extra_args = tuple(document.pop("extra_args", ()))
         kernel = document.get("kernel")
         return cls(
             **{
@@ -158,7 +169,7 @@ class VMConfig:
                 else None,
                 "host_nodes": tuple(document.get("host_nodes", ())),
                 "hugepages": HugepageConfig(**document["hugepages"]) if document.get("hugepages") else None,
-                "extra_args": tuple(document.get("extra_args", ())),
+                "extra_devices": (RawArgs(extra_args),) if extra_args else (),
                 "nics": tuple(NICConfig(**nic) for nic in document.get("nics", ())),
                 "run_as": tuple(document["run_as"]) if document.get("run_as") else None,
             }

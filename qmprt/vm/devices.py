@@ -326,7 +326,8 @@ class NumaNode:
 
 @dataclass(frozen=True)
 class RawArgs:
-    """Arguments another mechanism rendered (``qmprt.volumes`` cannot import ``qmprt.vm``), kept as given."""
+    """Arguments rendered earlier, kept as given: what ``vm.json`` holds of an adopted VM's
+    ``extra_devices``, and the disks of container records written before they were kept as volumes."""
 
     argv: tuple[str, ...]
 

@@ -1,7 +1,7 @@
 """From a ``VMConfig`` to the ``VMSpec`` of its emulator: the devices every qmprt VM has.
 
 Monitors and the serial console on sockets qmprt created, the disks (root, seed, extra) with the
-first one booted when there is no kernel, what another mechanism rendered (``extra_args``), one
+first one booted when there is no kernel, the devices other mechanisms describe (``extra_devices``), one
 virtio NIC per tap fd, and the guest agent's channel, an RNG, a balloon and a panic device.
 """
 
@@ -16,7 +16,6 @@ from qmprt.vm.devices import (
     Blockdev,
     PvPanic,
     QMPMonitor,
-    RawArgs,
     SerialConsole,
     SocketChardev,
     TapNetdev,
@@ -42,8 +41,7 @@ def render(
     memory = config.memory_plan()
     transport = Transport.for_machine(config.machine)
     devices = _monitors_and_console(fds, console_log) + _disks(config, transport)
-    if config.extra_args:
-        devices.append(RawArgs(config.extra_args))
+    devices += config.extra_devices
     devices += _nics(config, nic_fds, transport) + _guest_devices(fds, transport)
     return VMSpec(
         name=config.vm_id, machine=config.machine, accel=config.accel, cpus=config.cpus,

@@ -12,7 +12,7 @@ that hot-plug the same thing (``object-add``, ``blockdev-add``, ``device_add``).
   password is a ``secret`` object too).
 
 ``Attachment`` says how the guest sees a volume: on ``virtio-blk`` (default) or ``virtio-scsi``
-(``scsi-hd`` on one ``virtio-scsi`` controller that ``volume_args`` adds once), with a serial so the
+(``scsi-hd`` on one ``virtio-scsi`` controller that ``BlockVolumes`` adds once), with a serial so the
 guest finds it by ``Attachment.guest_path`` (``/dev/disk/by-id/virtio-<serial>``: virtio-blk keeps
 20 bytes of serial, so serials are at most 20), read-only when asked (both block nodes and so the
 guest's disk). QEMU names are all prefixed ``vol-`` so they never meet the engine's (``root``,
@@ -28,7 +28,6 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -267,18 +266,27 @@ def scsi_controller_args(transport: Transport) -> list[str]:
     return ["-device", _json({"driver": virtio_driver("virtio-scsi", transport), "id": SCSI_CONTROLLER_ID})]
 
 
-def volume_args(volumes: Sequence[BlockVolume], transport: Transport) -> tuple[str, ...]:
-    """The QEMU arguments of all of a VM's block volumes (``VMConfig.extra_args``), checked together:
-    names and serials unique; the virtio-scsi controller first when a volume needs it."""
-    for what, values in (
-        ("names", [volume.attachment.name for volume in volumes]),
-        ("serials", [volume.attachment.serial for volume in volumes]),
-    ):
-        if len(set(values)) != len(values):
-            raise InvalidArgument(f"volume {what} are not unique: {values}")
-    argv: list[str] = []
-    if any(volume.attachment.bus == "virtio-scsi" for volume in volumes):
-        argv += scsi_controller_args(transport)
-    for volume in volumes:
-        argv += volume.args(transport)
-    return tuple(argv)
+@dataclass(frozen=True)
+class BlockVolumes:
+    """All of one VM's block volumes as one device of its command line (``VMConfig.extra_devices``:
+    ``args()`` is the ``Device`` protocol of ``qmprt.vm``), checked together: names and serials unique;
+    the virtio-scsi controller first when a volume needs it."""
+
+    volumes: tuple[BlockVolume, ...]
+    transport: Transport
+
+    def __post_init__(self) -> None:
+        for what, values in (
+            ("names", [volume.attachment.name for volume in self.volumes]),
+            ("serials", [volume.attachment.serial for volume in self.volumes]),
+        ):
+            if len(set(values)) != len(values):
+                raise InvalidArgument(f"volume {what} are not unique: {values}")
+
+    def args(self) -> list[str]:
+        argv: list[str] = []
+        if any(volume.attachment.bus == "virtio-scsi" for volume in self.volumes):
+            argv += scsi_controller_args(self.transport)
+        for volume in self.volumes:
+            argv += volume.args(self.transport)
+        return argv

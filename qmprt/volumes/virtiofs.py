@@ -132,12 +132,21 @@ class VirtiofsShare:
         return [("chardev-add", {"id": self.chardev_id, "backend": backend}), ("device_add", self.device(transport))]
 
 
-def shares_args(shares: Sequence[VirtiofsShare], transport: Transport) -> tuple[str, ...]:
-    """The QEMU arguments of all of a VM's shares (for ``VMConfig.extra_args``), names and tags unique."""
-    for what, values in (("names", [s.name for s in shares]), ("tags", [s.tag for s in shares])):
-        if len(set(values)) != len(values):
-            raise InvalidArgument(f"share {what} are not unique: {values}")
-    return tuple(arg for share in shares for arg in share.args(transport))
+@dataclass(frozen=True)
+class VirtiofsShares:
+    """All of one VM's shares as one device of its command line (``VMConfig.extra_devices``), names
+    and tags unique. The VM needs ``shared_memory``."""
+
+    shares: tuple[VirtiofsShare, ...]
+    transport: Transport
+
+    def __post_init__(self) -> None:
+        for what, values in (("names", [s.name for s in self.shares]), ("tags", [s.tag for s in self.shares])):
+            if len(set(values)) != len(values):
+                raise InvalidArgument(f"share {what} are not unique: {values}")
+
+    def args(self) -> list[str]:
+        return [arg for share in self.shares for arg in share.args(self.transport)]
 
 
 def _tail(path: str, limit: int = 600) -> str:

@@ -17,16 +17,17 @@ from pathlib import Path
 import pytest
 
 from qmprt.cloudinit import DNSConfig, SeedFile, SeedMount, SeedSpec
+from qmprt.virtio import Transport
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM
 from qmprt.volumes import (
     Attachment,
+    BlockVolumes,
     EphemeralVolume,
     HostBlockVolume,
     VirtiofsDaemon,
     VirtiofsShare,
-    shares_args,
-    volume_args,
+    VirtiofsShares,
 )
 
 from .conftest import make_cgroup
@@ -97,7 +98,8 @@ async def test_guest_configuration_and_storage(
 
     config = vm_config(tiny, state_dir, vm_id, "q35-direct", seed)
     config = dataclasses.replace(
-        config, shared_memory=True, extra_args=volume_args([disk, data], "pci") + shares_args([share], "pci")
+        config, shared_memory=True,
+        extra_devices=(BlockVolumes((disk, data), Transport.PCI), VirtiofsShares((share,), Transport.PCI)),
     )
     fs_cgroup = make_cgroup(cgroup_driver, f"{vm_id}-fs")
     vm_cgroup = make_cgroup(cgroup_driver, vm_id)

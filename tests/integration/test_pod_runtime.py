@@ -12,7 +12,7 @@ import pytest
 
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.net import netns
-from qmprt.pod.specs import ContainerMetadata, DeviceSpec, MountSpec, Resources, SandboxMetadata
+from qmprt.pod.specs import ContainerMetadata, DeviceSpec, MountSpec, Resources
 from qmprt.pod.states import ContainerState, SandboxState
 
 from .conftest import TEST_CGROUP_ROOT
@@ -98,13 +98,10 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
 @pytest.mark.parametrize(
     ("changes", "error", "message"),
     [
-        ({"log_path": "../escape.log"}, InvalidArgument, "log_path"),
-        ({"log_path": "/abs.log"}, InvalidArgument, "log_path"),
         ({"resources": Resources(memory_limit_in_bytes=1 << 50)}, InvalidArgument, "more than this node"),
         ({"resources": Resources(memory_limit_in_bytes=64 << 20)}, InvalidArgument, "cannot hold"),
         ({"envs": (("1BAD-NAME", "x"),)}, InvalidArgument, "1BAD-NAME"),
         ({"image": "nonexistent"}, NotFound, "pull it first"),
-        ({"image": ""}, InvalidArgument, "image"),
         ({"annotations": {"qmprt.io/vcpus": "3"}}, InvalidArgument, "more vCPUs"),
         ({"annotations": {"qmprt.io/numa-nodes": "2"}}, InvalidArgument, "NUMA node needs"),
         ({"annotations": {"qmprt.io/vcpu": "1"}}, InvalidArgument, "unknown container annotation"),
@@ -112,16 +109,15 @@ async def test_lifecycle_restart_and_cleanup(tiny, tmp_path, runtime_dirs, cgrou
         ({"resources": Resources(cpuset_mems="7")}, InvalidArgument, "node"),
         ({"resources": Resources(hugepage_limits=(("3MB", 128 << 20),))}, InvalidArgument, "hugepage size"),
         ({"mounts": (MountSpec("/etc/app", "/nonexistent/qmprt-test"),)}, InvalidArgument, "does not exist"),
-        ({"mounts": (MountSpec("relative", "/etc"),)}, InvalidArgument, "absolute guest path"),
         ({"devices": (DeviceSpec("/dev/vdz", "/nonexistent/disk"),)}, InvalidArgument, "cannot be used"),
         ({"devices": (DeviceSpec("/dev/vdz", "/etc"),)}, InvalidArgument, "neither a block device"),
         ({"annotations": {"qmprt.io/data-volumes": "lots"}}, InvalidArgument, "qmprt.io/data-volumes"),
         ({"annotations": {"qmprt.io/user-data": "#cloud-config\n# " + "x" * 70_000}}, InvalidArgument, "user-data"),
         ({"annotations": {"qmprt.io/user-data": "#cloud-config\n- a list\n"}}, InvalidArgument, "user-data"),
     ],
-    ids=["log-path-escape", "log-path-absolute", "absurd-memory", "memory-below-overhead", "bad-env-name",
-         "unknown-image", "no-image", "more-vcpus-than-granted", "numa-nodes-without-vcpus", "annotation-typo",
-         "bad-cpuset", "absent-numa-node", "bad-hugepage-size", "mount-missing", "mount-relative",
+    ids=["absurd-memory", "memory-below-overhead", "bad-env-name",
+         "unknown-image", "more-vcpus-than-granted", "numa-nodes-without-vcpus", "annotation-typo",
+         "bad-cpuset", "absent-numa-node", "bad-hugepage-size", "mount-missing",
          "device-missing", "device-not-a-disk", "bad-data-volume-size", "user-data-too-big",
          "user-data-not-a-mapping"],
 )
@@ -149,10 +145,6 @@ async def test_bad_sandbox_requests(tiny, tmp_path, runtime_dirs, runtimes) -> N
     good = sandbox_spec(tmp_path)
     with pytest.raises(InvalidArgument, match="runtime handler"):
         await runtime.run_sandbox(dataclasses.replace(good, runtime_handler="kata"))
-    with pytest.raises(InvalidArgument, match="name, namespace and uid"):
-        await runtime.run_sandbox(dataclasses.replace(good, metadata=SandboxMetadata("", "u", "default")))
-    with pytest.raises(InvalidArgument, match="absolute"):
-        await runtime.run_sandbox(dataclasses.replace(good, log_directory="relative/dir"))
     with pytest.raises(NotFound):
         runtime.sandbox("feedface")
     with pytest.raises(NotFound):

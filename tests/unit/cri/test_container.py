@@ -23,6 +23,12 @@ from .fake import FakeRuntime
         (container_config(log_path="/var/log/abs.log"), "must be relative"),
         (container_config(log_path="../escape.log"), "without '..'"),
         (container_config(envs=[cri.KeyValue(key="", value="x")]), "not an environment variable name"),
+        (container_config(mounts=[cri.Mount(container_path="etc/app", host_path="/etc")]), "absolute guest path"),
+        (
+            container_config(mounts=[cri.Mount(container_path="/data", host_path="/etc"),
+                                     cri.Mount(container_path="/data", host_path="/tmp")]),
+            "two mounts at '/data'",
+        ),
         (
             container_config(linux=cri.LinuxContainerConfig(resources=cri.LinuxContainerResources(cpu_quota=-5))),
             "cpu_quota",
@@ -34,7 +40,8 @@ from .fake import FakeRuntime
             "memory_limit_in_bytes is negative",
         ),
     ],
-    ids=["no-metadata", "no-name", "no-image", "absolute-log", "dotdot-log", "empty-env", "quota", "memory"],
+    ids=["no-metadata", "no-name", "no-image", "absolute-log", "dotdot-log", "empty-env", "relative-mount",
+         "two-mounts-one-path", "quota", "memory"],
 )
 async def test_malformed_containers_are_invalid_and_leave_nothing(
     client: Client, fake: FakeRuntime, config: cri.ContainerConfig, message: str

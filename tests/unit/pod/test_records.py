@@ -13,6 +13,7 @@ from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.records import ContainerRecord
 from qmprt.pod.states import ContainerState, SandboxState, check_container_transition, check_sandbox_transition
 from qmprt.pod.records import ContainerStatus, SandboxStatus
+from qmprt.volumes import Attachment, EphemeralVolume, HostBlockVolume, ISCSIVolume, RBDVolume, VirtiofsShare
 
 from .fakes import container_spec, make_container, make_sandbox, record, sandbox_spec
 
@@ -38,8 +39,13 @@ def test_specs_round_trip() -> None:
 
 def test_container_record_round_trips() -> None:
     kept = record(
-        container_spec(resources=RESOURCES), "ab" * 32, host_nodes=(0, 1), volume_args=("-drive", "x"),
-        shares=({"tag": "t", "source": "/s"},), vm_uid=1_900_000_000, kernel="/k", cmdline="quiet",
+        container_spec(resources=RESOURCES), "ab" * 32, host_nodes=(0, 1), volumes=(
+            HostBlockVolume(Attachment("dev0", "disk"), "/dev/sdz"),
+            EphemeralVolume(Attachment("data0", "data0"), "/p/data0.qcow2", 1 << 30),
+            RBDVolume(Attachment("rbd0", "rbd0"), "pool", "img", ("10.0.0.1:6789",), "admin", "/p/rbd0.key"),
+            ISCSIVolume(Attachment("iscsi0", "iscsi0", bus="virtio-scsi"), "10.0.0.2", "iqn.2026-12.io.qmprt:t", 1),
+        ),
+        shares=(VirtiofsShare("fs0", "qmprt-fs0", "/s", "/r/fs0.sock", read_only=True),), vm_uid=1_900_000_000, kernel="/k", cmdline="quiet",
     )
     assert ContainerRecord.from_json(through_json(kept.to_json())) == kept  # type: ignore[arg-type]
 

@@ -12,11 +12,12 @@ import pytest
 
 from qmprt import state
 from qmprt.config import Config
-from qmprt.pod import recovery
+from qmprt.pod import guest, recovery
 from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.vms import ContainerVMs
+from qmprt.vm.devices import RawArgs
 
 from .fakes import FakeCgroupDriver, FakeNetworks, make_container, make_sandbox
 
@@ -132,7 +133,10 @@ def test_records_written_by_an_earlier_qmprt_read_back_the_same(tmp_path: Path) 
         want = expected["containers"][container_id]
         want["record"]["image_path"] = want["record"]["image_path"].replace("/var/lib/qmprt", str(tmp_path))
         assert plain(container.info()) == want["info"]
+        want["record"]["volumes"] = []  # a field added since: an earlier record's disks are its volume_args
         assert plain(container.record) == want["record"]
+        # Its disks reach the VM as that qmprt rendered them.
+        assert guest.extra_devices(container.record) == (RawArgs(tuple(want["record"]["volume_args"])),)
 
 
 async def test_a_state_root_written_by_an_earlier_qmprt_is_readopted(tmp_path: Path, netns_present: None) -> None:

@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 
 from qmprt.errors import InvalidArgument
+from qmprt.virtio import Transport
 from qmprt.volumes import (
     Attachment,
+    BlockVolumes,
     EphemeralVolume,
     HostBlockVolume,
     ISCSIVolume,
     RBDVolume,
-    volume_args,
+    volume_from_json,
+    volume_to_json,
     write_secret,
 )
 
@@ -45,17 +48,33 @@ def test_mmio_and_scsi_devices() -> None:
         "driver": "scsi-hd", "id": "vol-b-dev", "drive": "vol-b", "bus": "vol-scsi0.0", "serial": "sb",
     }
     assert scsi.attachment.guest_path == "/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_sb"
-    argv = volume_args([blk, scsi], "mmio")
-    assert argv[:2] == ("-device", '{"driver":"virtio-scsi-device","id":"vol-scsi0"}')
-    assert volume_args([blk], "pci") == tuple(blk.args("pci"))
+    argv = BlockVolumes((blk, scsi), Transport.MMIO).args()
+    assert argv[:2] == ["-device", '{"driver":"virtio-scsi-device","id":"vol-scsi0"}']
+    assert BlockVolumes((blk,), Transport.PCI).args() == blk.args("pci")
 
 
-def test_volume_args_refuse_duplicates() -> None:
+def test_a_vms_volumes_refuse_duplicates() -> None:
     one = HostBlockVolume(Attachment("a", "s1"), "/f", "file")
     with pytest.raises(InvalidArgument, match="names are not unique"):
-        volume_args([one, HostBlockVolume(Attachment("a", "s2"), "/g", "file")], "pci")
+        BlockVolumes((one, HostBlockVolume(Attachment("a", "s2"), "/g", "file")), Transport.PCI)
     with pytest.raises(InvalidArgument, match="serials are not unique"):
-        volume_args([one, HostBlockVolume(Attachment("b", "s1"), "/g", "file")], "pci")
+        BlockVolumes((one, HostBlockVolume(Attachment("b", "s1"), "/g", "file")), Transport.PCI)
+
+
+def test_volumes_read_back_from_their_documents() -> None:
+    volumes = (
+        HostBlockVolume(Attachment("dev0", "disk", read_only=True), "/dev/sdz"),
+        EphemeralVolume(Attachment("data0", "data0"), "/p/data0.qcow2", 1 << 30),
+        RBDVolume(Attachment("rbd0", "rbd0"), "pool", "img", ("10.0.0.1:6789",), "admin", "/p/rbd0.key"),
+        ISCSIVolume(Attachment("iscsi0", "iscsi0", bus="virtio-scsi"), "10.0.0.2", "iqn.2026-12.io.qmprt:t", 1),
+    )
+    for volume in volumes:
+        document = json.loads(json.dumps(volume_to_json(volume)))
+        assert volume_from_json(document) == volume
+    with pytest.raises(ValueError, match="unknown kind 'nfs'"):
+        volume_from_json({**volume_to_json(volumes[0]), "kind": "nfs"})
+    with pytest.raises(InvalidArgument, match="volume name"):  # a document edited by hand is checked again
+        volume_from_json({**volume_to_json(volumes[0]), "attachment": {"name": "../x", "serial": "s"}})
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,11 @@ import psutil
 import pytest
 
 from qmprt.errors import InvalidArgument
+from qmprt.virtio import Transport
 from qmprt.vm.config import DiskConfig, VMConfig
+from qmprt.vm.devices import RawArgs
 from qmprt.vm.machine import VM
-from qmprt.volumes import VIRTIOFSD, VirtiofsDaemon, VirtiofsShare, shares_args, virtiofs_unavailable
+from qmprt.volumes import VIRTIOFSD, VirtiofsDaemon, VirtiofsShare, VirtiofsShares, virtiofs_unavailable
 
 
 def test_read_only_daemon_runs_in_a_read_only_bind() -> None:
@@ -39,9 +41,9 @@ def test_qemu_side_golden() -> None:
         ("device_add", {"driver": "vhost-user-fs-pci", "id": "fs-cfg-dev", "chardev": "fs-cfg", "tag": "config"}),
     ]
     other = VirtiofsShare("data", "data", "/srv/b", "/run/x/d.sock")
-    assert shares_args([share, other], "pci") == (*share.args("pci"), *other.args("pci"))
+    assert VirtiofsShares((share, other), Transport.PCI).args() == [*share.args("pci"), *other.args("pci")]
     with pytest.raises(InvalidArgument, match="tags are not unique"):
-        shares_args([share, dataclasses.replace(other, tag="config")], "pci")
+        VirtiofsShares((share, dataclasses.replace(other, tag="config")), Transport.PCI)
 
 
 @pytest.mark.parametrize(
@@ -62,13 +64,16 @@ def test_bad_shares(kwargs: dict[str, str], message: str) -> None:
         VirtiofsShare(**fields)  # type: ignore[arg-type]
 
 
-def test_vm_config_carries_extra_args() -> None:
+def test_vm_config_carries_other_mechanisms_devices() -> None:
     share = VirtiofsShare("cfg", "config", "/srv/a", "/run/x/fs.sock")
     base = VMConfig(vm_id="v", root_disk=DiskConfig("/r.qcow2", "qcow2"))
     with pytest.raises(InvalidArgument, match="shared_memory"):
-        dataclasses.replace(base, extra_args=shares_args([share], "pci"))
-    config = dataclasses.replace(base, extra_args=shares_args([share], "pci"), shared_memory=True)
-    assert VMConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+        dataclasses.replace(base, extra_devices=(VirtiofsShares((share,), Transport.PCI),))
+    config = dataclasses.replace(base, extra_devices=(VirtiofsShares((share,), Transport.PCI),), shared_memory=True)
+    # vm.json keeps their rendering; an adopted VM gets it back as it was.
+    assert config.to_json()["extra_args"] == share.args("pci") and "extra_devices" not in config.to_json()
+    adopted = VMConfig.from_json(json.loads(json.dumps(config.to_json())))
+    assert adopted.extra_devices == (RawArgs(tuple(share.args("pci"))),) and adopted.to_json() == config.to_json()
     argv = VM.render(config, {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6}, "/c.raw").argv()
     start = argv.index("-chardev", argv.index('{"driver":"virtio-blk-pci","id":"blk-root","drive":"root","bootindex":0}'))
     assert argv[start:start + 4] == list(share.args("pci"))
