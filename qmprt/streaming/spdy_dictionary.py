@@ -1,0 +1,31 @@
+"""The SPDY/3 header-compression dictionary (draft 3, section 2.6.10.1), built from its parts.
+
+Every header block of a connection is deflated with these 1423 bytes as the zlib preset dictionary;
+one byte off and no Go client can read a single header. The draft lists them as bytes; here they are
+the same bytes written as what they are: 4-byte-length-prefixed words, then raw text.
+``tests/unit/streaming/test_spdy_frames.py`` pins their length and sha256.
+"""
+
+import struct
+
+_DICTIONARY_WORDS = (
+    "options head post put delete trace accept accept-charset accept-encoding accept-language "
+    "accept-ranges age allow authorization cache-control connection content-base content-encoding "
+    "content-language content-length content-location content-md5 content-range content-type date "
+    "etag expect expires from host if-match if-modified-since if-none-match if-range "
+    "if-unmodified-since last-modified location max-forwards pragma proxy-authenticate "
+    "proxy-authorization range referer retry-after server te trailer transfer-encoding upgrade "
+    "user-agent vary via warning www-authenticate method get status"
+).split() + ["200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin"]
+_DICTIONARY_TAIL = (
+    "100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505"
+    "203 Non-Authoritative Information204 No Content301 Moved Permanently400 Bad Request"
+    "401 Unauthorized403 Forbidden404 Not Found500 Internal Server Error501 Not Implemented"
+    "503 Service UnavailableJan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 "
+    "Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMTchunked,text/html,image/png,image/jpg,image/gif,"
+    "application/xml,application/xhtml+xml,text/plain,text/javascript,publicprivatemax-age="
+    "gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0."
+)
+DICTIONARY = b"".join(
+    struct.pack(">I", len(word)) + word.encode() for word in _DICTIONARY_WORDS
+) + _DICTIONARY_TAIL.encode()
