@@ -1,14 +1,21 @@
 """A SPDY/3.1 session over one upgraded HTTP connection: the server side kubelet's and crictl's
 remotecommand and portforward clients (Go, moby/spdystream) talk to, and a client side for tests.
 
-Use from an aiohttp handler, after answering 101 Switching Protocols::
+Use from an aiohttp handler, after answering 101 Switching Protocols (``StreamResponse(status=101,
+...)`` and ``prepare``)::
 
-    session = SpdySession(transport.write, drain=..., pause_reading=request.protocol.pause_reading,
-                          resume_reading=request.protocol.resume_reading)
+    transport = request.transport
+    session = SpdySession(transport.write, drain=request.protocol._drain_helper,
+                          pause_reading=transport.pause_reading, resume_reading=transport.resume_reading)
     request.protocol.set_parser(session.parser)
     while (stream := await session.accept_stream()) is not None:
         ...  # stream.headers["streamtype"] is "stdin", "stdout", "error", "data", ...
     await session.close()
+    transport.close()   # the session says GOAWAY; the connection is the handler's to close
+
+aiohttp's HTTP parser takes only ``Upgrade: websocket`` for an upgrade, so for SPDY/3.1 its protocol
+never counts as upgraded: its ``pause_reading`` would fail (pause the transport instead), and bytes
+arriving before ``set_parser`` would be parsed as HTTP (Go's client sends none before the 101).
 
 Every SYN_STREAM is answered with SYN_REPLY at once (spdystream waits for it before writing), PINGs
 are echoed, RST_STREAM and GOAWAY end what they name.

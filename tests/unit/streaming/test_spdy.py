@@ -11,7 +11,7 @@ import pytest
 from qmprt.streaming.spdy import SpdySession, SpdyStream, SpdyStreamClosed
 from qmprt.streaming.spdy_frames import (
     CANCEL, DEFAULT_WINDOW, FLAG_FIN, FLOW_CONTROL_ERROR, GOAWAY_OK, GOAWAY_PROTOCOL_ERROR, REFUSED_STREAM,
-    SETTINGS_INITIAL_WINDOW_SIZE, DataFrame, Frame, FrameCodec, GoAwayFrame, PingFrame, RstStreamFrame,
+    SETTINGS_INITIAL_WINDOW_SIZE, DataFrame, Frame, FrameCodec, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame,
     Setting, SettingsFrame, SynReplyFrame, SynStreamFrame, WindowUpdateFrame,
 )
 
@@ -293,3 +293,22 @@ async def test_an_unread_stream_does_not_block_the_others() -> None:
     assert await asyncio.wait_for(server_resize.read(), 1) == b'{"Width":80,"Height":24}'
     assert not stuck.done() and server_stdin.buffered == DEFAULT_WINDOW
     stuck.cancel()
+
+
+async def test_headers_frames_add_headers_and_may_end_the_client_half() -> None:
+    out = Wire()
+    server = SpdySession(out.write)
+    codec = FrameCodec()
+    server.receive(codec.encode(SynStreamFrame(1, (("streamtype", "data"),))))
+    stream = await server.accept_stream()
+    assert stream is not None
+    server.receive(codec.encode(HeadersFrame(1, (("port", "80"),), FLAG_FIN)) + codec.encode(DataFrame(7, b"?")))
+    assert stream.headers == {"streamtype": "data", "port": "80"} and await stream.read() == b""
+    assert out.of_type(RstStreamFrame) == []  # DATA for a stream that never was is dropped
+
+
+async def test_a_refused_stream_raises_on_the_client() -> None:
+    pair = Pair(max_streams=1)
+    await pair.open("stdin")
+    with pytest.raises(SpdyStreamClosed):
+        await asyncio.wait_for(pair.client.open_stream({"streamType": "stdout"}), 1)
