@@ -66,7 +66,7 @@ class _Session:
         while True:
             if self.output:
                 stream, data = self.output.popleft()
-                if not self.closed and not self.lost:
+                if not self.over:  # a session that ended is gone in the guest too: no credit to return
                     await self.channel._send_quiet(proto.CREDIT, self.id, proto.u32(len(data)))
                 return stream, data
             if not self.open_streams or self.over:
@@ -228,6 +228,9 @@ class ExecChannel:
         try:
             await self._send(kind, session.id, payload)
             return await asyncio.wait_for(asyncio.shield(session.started), START_TIMEOUT)
+        except asyncio.TimeoutError as err:
+            await session.close()
+            raise Unavailable(f"the exec helper did not start the session within {START_TIMEOUT} s") from err
         except BaseException:
             await session.close()
             raise
