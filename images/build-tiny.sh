@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the `tiny` test guest from Debian packages installed on this machine (no downloads):
-# Debian's cloud kernel, busybox-static, qemu-guest-agent with its libraries, and images/tiny/*.
+# Debian's cloud kernel, busybox-static, qemu-guest-agent with its libraries, qmprt's exec helper
+# (images/out/qmprt-exec, built by images/build-exec.sh) and images/tiny/*.
 #
 #   images/build-tiny.sh            build if needed, point images/out/tiny at the result
 #
@@ -37,6 +38,9 @@ kver=${kernel_pkg#linux-image-}
 
 qemu_ga=/usr/sbin/qemu-ga
 [ -x "$qemu_ga" ] || die "$qemu_ga is missing (package qemu-guest-agent)"
+exec_helper=$here/out/qmprt-exec
+[ -x "$exec_helper" ] || bash "$here/build-exec.sh"
+[ -x "$exec_helper" ] || die "$exec_helper is missing (images/build-exec.sh builds it)"
 [ -x /bin/busybox ] || die "/bin/busybox is missing (package busybox-static)"
 /bin/busybox --list | grep -x udhcpc > /dev/null || die "/bin/busybox has no udhcpc applet (the guest's DHCP client)"
 mapfile -t agent_libs < <(ldd "$qemu_ga" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}')
@@ -53,6 +57,7 @@ recipe_hash=$(
         done
         # The agent's shared libraries come from other packages: hash their bytes.
         sha256sum "${agent_libs[@]}"
+        echo "qmprt-exec $(sha256sum < "$exec_helper")"
     } | sha256sum | cut -c1-64
 )
 entry=$cache_root/tiny-${recipe_hash:0:16}
@@ -153,6 +158,7 @@ chmod 0700 "$rootfs/root"
 ln -s /run "$rootfs/var/run"
 install_busybox "$rootfs"
 install -m 0755 "$qemu_ga" "$rootfs/usr/sbin/qemu-ga"
+install -m 0755 "$exec_helper" "$rootfs/usr/sbin/qmprt-exec"
 for lib in "${agent_libs[@]}"; do
     install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
 done
@@ -262,6 +268,7 @@ cat > "$stage/manifest.json" <<EOF
   "microvm_cmdline_extra": "tsc_early_khz=<host TSC kHz>",
   "ready_marker": "qmprt: guest ready",
   "agent_port": "org.qemu.guest_agent.0",
+  "exec_port": "io.qmprt.exec.0",
   "seed": {"label": "cidata", "serial": "cidata"}
 }
 EOF

@@ -6,7 +6,9 @@
     [vm]        accel ("auto" | "kvm" | "tcg"), machine ("q35" | "microvm"), cpus, memory_mib,
                 tcg_tb_size_mib (128; 0 = QEMU's default of 1 GiB), qemu_binary, stop_grace_seconds,
                 memory_overhead_mib, command_exit ("keep" | "poweroff"), unprivileged (QEMU drops root:
-                true), uid_base and uid_count (the per-VM uids it drops to)
+                true), uid_base and uid_count (the per-VM uids it drops to), exec_helper (the qmprt-exec
+                binary seeds deliver: "" = images/out/qmprt-exec of the checkout, else
+                /usr/lib/qmprt/qmprt-exec; "none" = no helper in seeds)
     [cgroups]   driver ("cgroupfs" | "systemd"), root (the parent of every VM cgroup without a pod parent),
                 pids_max
     [metrics]   address (qmprt's Prometheus endpoint: "127.0.0.1:9437"; "" turns it off; port 0 picks one)
@@ -71,6 +73,21 @@ class VMDefaults:
     unprivileged: bool = True
     uid_base: int = 1_900_000_000
     uid_count: int = 65536
+    # qmprt's exec helper, written into every cloud-init seed (guests that bake it in ignore the copy).
+    # "" looks for images/out/qmprt-exec of the checkout qmprt runs from, then /usr/lib/qmprt/qmprt-exec;
+    # "none" delivers nothing. A missing file: seeds go without it (logged).
+    exec_helper: str = ""
+
+    def exec_helper_path(self) -> Path | None:
+        if self.exec_helper == "none":
+            return None
+        if self.exec_helper:
+            return Path(self.exec_helper)
+        for candidate in (Path(__file__).resolve().parent.parent / "images/out/qmprt-exec",
+                          Path("/usr/lib/qmprt/qmprt-exec")):
+            if candidate.exists():
+                return candidate
+        return None
 
     def validate(self) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):

@@ -20,7 +20,7 @@ debs=(
   qemu-system-x86 qemu-utils qemu-guest-agent busybox-static
   containernetworking-plugins linux-image-cloud-amd64
   extlinux syslinux-common e2fsprogs cpio kmod lz4 xz-utils zstd
-  iproute2 procps util-linux python3-venv python3-pip openssl curl debootstrap
+  iproute2 procps util-linux python3-venv python3-pip openssl curl debootstrap gcc libc6-dev
 )
 bench_debs=(libvirt-daemon-system libvirt-clients containerd runc)
 if $bench; then
@@ -65,7 +65,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# The tiny guest is cached by the hash of its recipe.
+# The exec helper (baked into the tiny guest, delivered to others through the seed) and the tiny
+# guest are cached by the hashes of their recipes.
+bash images/build-exec.sh
 bash images/build-tiny.sh
 echo "install: done"
 if $demo; then

@@ -10,7 +10,8 @@ renders the same spec in OpenStack's form.
 - ``user-data``: ``#cloud-config`` with ``hostname``, ``bootcmd`` (one ``sysctl -w`` per pod sysctl,
   then one ``mount -t virtiofs`` per ``SeedMount``: bootcmd runs at every boot, before write_files;
   cloud-init's own ``mounts`` does not take a virtiofs tag), ``write_files`` (always base64),
-  ``ssh_authorized_keys`` and ``runcmd``. The environment is written to ``/etc/cloud/environment``
+  ``ssh_authorized_keys`` and ``runcmd``. With ``exec_helper``, the qmprt-exec binary goes to
+  ``EXEC_HELPER_PATH`` (``gz+b64``) and the first ``runcmd`` item starts it unless one already runs. The environment is written to ``/etc/cloud/environment``
   as ``KEY='value'`` lines; the command is written to ``/var/lib/qmprt/command.sh``, which sources
   the environment, changes to the working directory and ``exec``s the argv (or, for a job, runs it,
   prints its status after ``COMMAND_EXIT_MARKER`` and powers off), and ``runcmd`` runs that script. A dotted hostname also goes in as ``fqdn`` with
@@ -25,6 +26,7 @@ renders the same spec in OpenStack's form.
 from __future__ import annotations
 
 import base64
+import gzip
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,10 @@ from qmprt.cloudinit.userdata import UserDataMode
 
 ENVIRONMENT_PATH = "/etc/cloud/environment"
 COMMAND_PATH = "/var/lib/qmprt/command.sh"
+EXEC_HELPER_PATH = "/usr/local/lib/qmprt/qmprt-exec"
+# A runcmd item (before the command, which may never return): start the helper unless one runs (a
+# guest that bakes it in, as the tiny guest does, or a second boot's); it daemonizes itself.
+EXEC_HELPER_START = f"pidof qmprt-exec >/dev/null 2>&1 || {EXEC_HELPER_PATH} -d || true"
 # Printed on the console, followed by the status, when a job command ends (``render_command_script``).
 COMMAND_EXIT_MARKER = "qmprt: command exited with status "
 
@@ -91,6 +97,7 @@ class SeedSpec:
     sysctls: Mapping[str, str] = field(default_factory=lambda: _EMPTY_ENV)  # applied at every boot
     working_dir: str = ""  # where the command runs
     power_off_after_command: bool = False  # the command is a job: its end powers the guest off
+    exec_helper: bytes | None = None  # qmprt-exec's binary: written and started unless one runs
 
 
 
@@ -312,8 +319,13 @@ def qmprt_cloud_config(spec: SeedSpec) -> dict[str, Any]:
     ]
     if spec.ssh_authorized_keys:
         document["ssh_authorized_keys"] = check_ssh_keys(spec.ssh_authorized_keys)
+    if spec.exec_helper is not None:
+        document["write_files"].append(exec_helper_file(spec.exec_helper))
+    runcmd = [EXEC_HELPER_START] if spec.exec_helper is not None else []
     if spec.command:
-        document["runcmd"] = [COMMAND_PATH]
+        runcmd.append(COMMAND_PATH)
+    if runcmd:
+        document["runcmd"] = runcmd
     resolv = resolv_conf(spec.dns)
     if resolv:
         document["manage_resolv_conf"] = True
@@ -321,6 +333,16 @@ def qmprt_cloud_config(spec: SeedSpec) -> dict[str, Any]:
     return document
 
 
+
+
+def exec_helper_file(binary: bytes) -> dict[str, str]:
+    """The ``write_files`` entry of the exec helper: gzip + base64 (a static binary shrinks by half)."""
+    return {
+        "path": EXEC_HELPER_PATH,
+        "permissions": "0755",
+        "encoding": "gz+b64",
+        "content": base64.b64encode(gzip.compress(binary, 9, mtime=0)).decode("ascii"),
+    }
 
 
 def render_network_config(spec: SeedSpec) -> bytes | None:

@@ -101,7 +101,7 @@ class Containers:
         )
         await asyncio.to_thread(
             guest.write_seed, directory, container_id, spec, sandbox.spec, requested, storage, sandbox.network,
-            choices.command_exit,
+            choices.command_exit, self.config.vm.exec_helper_path(),
         )
         record = planning.container_record(
             container_id, spec, sandbox.id, sandbox.spec, image, requested, choices, storage, self.config,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,13 +22,14 @@ from qmprt.virtio import Transport
 from qmprt.volumes import BlockVolumes, VirtiofsShares
 from qmprt.vm.spec import Accelerator, Device, MachineType
 
+log = logging.getLogger(__name__)
 OVERLAY_FILE = "overlay.qcow2"
 SEED_FILE = "seed.iso"
 
 
 def seed_spec(
     container_id: str, container: ContainerSpec, sandbox: SandboxSpec, requested: QmprtAnnotations, plan: StoragePlan,
-    network: PodNetwork | None = None, command_exit: str = "keep",
+    network: PodNetwork | None = None, command_exit: str = "keep", exec_helper: bytes | None = None,
 ) -> SeedSpec:
     hostname = sandbox.guest_hostname
     try:
@@ -46,6 +48,7 @@ def seed_spec(
             sysctls=sandbox.sysctls,
             working_dir=container.working_dir,
             power_off_after_command=command_exit == "poweroff",
+            exec_helper=exec_helper,
         )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
@@ -54,16 +57,30 @@ def seed_spec(
 def write_seed(
     directory: Path, container_id: str, container: ContainerSpec, sandbox: SandboxSpec,
     requested: QmprtAnnotations, plan: StoragePlan, network: PodNetwork | None = None, command_exit: str = "keep",
+    exec_helper: Path | None = None,
 ) -> Path:
     path = directory / SEED_FILE
     try:
         write_seed_iso(
-            seed_spec(container_id, container, sandbox, requested, plan, network, command_exit),
+            seed_spec(container_id, container, sandbox, requested, plan, network, command_exit,
+                      read_exec_helper(exec_helper)),
             path, SeedFormat(requested.seed_format),
         )
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
     return path
+
+
+def read_exec_helper(path: Path | None) -> bytes | None:
+    """The exec helper's bytes for a seed, or None (logged) when there is none to deliver."""
+    if path is None:
+        log.info("no exec helper binary found ([vm] exec_helper): seeds go without it")
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        log.warning("exec helper %s not readable (%s): seeds go without it; exec needs a guest that has one", path, err)
+        return None
 
 
 def allocate_vm_uid(defaults: VMDefaults, used: Iterable[int | None]) -> int | None:

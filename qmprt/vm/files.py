@@ -10,6 +10,7 @@ socket path has at most 107 bytes::
     state_dir/console.offset  how far the console pump has copied into the CRI log
     run_dir/qmp.sock          qmprt's monitor        run_dir/qmp-shell.sock  the monitor for people
     run_dir/qga.sock          the guest agent        run_dir/console.sock    the interactive console
+    run_dir/exec.sock         qmprt's exec helper (``qmprt.vm.guest_exec``)
 """
 
 from __future__ import annotations

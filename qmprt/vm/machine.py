@@ -31,6 +31,7 @@ from qmprt import state
 from qmprt.osutil import listening_unix_socket
 from qmprt.errors import FailedPrecondition, Unavailable, VMError
 from qmprt.vm.agent import GuestAgent
+from qmprt.vm.guest_exec import ExecChannel
 from qmprt.vm.console import RAW_KEEP_BYTES, ConsolePump, CRILogWriter, MarkerWaiters
 from qmprt.vm.monitor import Monitor, cancel_and_wait
 from qmprt.vm.numa import check_host
@@ -72,6 +73,7 @@ class VM:
         self.cgroup = cgroup
         self.monitor: Monitor | None = None
         self.agent = GuestAgent(str(self.qga_socket))
+        self.guest_exec = ExecChannel(str(self.exec_socket))  # qmprt's exec helper, when the guest runs it
         self._process = QemuProcess(self.vm_id, cgroup)
         self._exited = asyncio.Event()
         self._events_task: asyncio.Task[None] | None = None
@@ -96,6 +98,10 @@ class VM:
     @property
     def qga_socket(self) -> Path:
         return self.run_dir / "qga.sock"
+
+    @property
+    def exec_socket(self) -> Path:
+        return self.run_dir / "exec.sock"
 
     @property
     def console_socket(self) -> Path:
@@ -170,6 +176,7 @@ class VM:
             "qmp": listening_unix_socket(self.qmp_socket),
             "qmp-shell": listening_unix_socket(self.qmp_shell_socket),
             "qga": listening_unix_socket(self.qga_socket),
+            "exec": listening_unix_socket(self.exec_socket),
             "console": listening_unix_socket(self.console_socket),
         }
         for sock in sockets.values():
@@ -254,6 +261,7 @@ class VM:
         self._exited.set()
 
     async def _after_exit(self) -> None:
+        await self.guest_exec.close()
         await self.console.stop()
         self._console_waiters.vm_exited()
         self._process.unwatch()
@@ -365,13 +373,14 @@ class VM:
         self._process.unwatch()
         if self._events_task is not None:
             await cancel_and_wait(self._events_task)
+        await self.guest_exec.close()
         await self.console.stop()
         if self.monitor is not None:
             await self.monitor.close()
             self.monitor = None
 
     def _remove_sockets(self) -> None:
-        for path in (self.qmp_socket, self.qmp_shell_socket, self.qga_socket, self.console_socket):
+        for path in (self.qmp_socket, self.qmp_shell_socket, self.qga_socket, self.exec_socket, self.console_socket):
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.run_dir.rmdir()

@@ -29,6 +29,7 @@ from qmprt.vm.devices import (
 from qmprt.vm.spec import Device, VMSpec
 
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+EXEC_HELPER_PORT = "io.qmprt.exec.0"
 
 
 def render(
@@ -94,6 +95,8 @@ def _guest_devices(fds: dict[str, int], transport: Transport) -> list[Device]:
         VirtioSerial("vser0", transport),
         SocketChardev("qga", fds["qga"]),
         VirtSerialPort("qga-port", "vser0", "qga", GUEST_AGENT_PORT),
+        SocketChardev("exec", fds["exec"]),
+        VirtSerialPort("exec-port", "vser0", "exec", EXEC_HELPER_PORT),
         VirtioRng("rng0", transport),
         VirtioBalloon("balloon0", transport),
         PvPanic(transport),

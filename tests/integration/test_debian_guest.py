@@ -55,4 +55,14 @@ async def test_real_cloud_init_applies_the_seed(tiny, tmp_path, runtime_dirs, ru
     assert (await guest("hostname")).strip() == "real-ci-host"
     assert await guest('. /etc/cloud/environment; printf %s "$HOSTILE"') == HOSTILE
     assert KEY in await guest("cat /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null")
+    # The exec helper came with the seed (runcmd started it): a terminal session through it.
+    vm = runtime.registry.container(container_id).vm
+    assert vm is not None and await vm.guest_exec.available(timeout=10)
+    process = await vm.guest_exec.spawn(["sh", "-c", "tty; stty size"], tty=True, rows=33, cols=99)
+    output = b""
+    while (item := await process.read()) is not None:
+        output += item[1]
+    assert await process.wait() == 0
+    assert b"/dev/pts/" in output and b"33 99" in output
+    assert "/usr/local/lib/qmprt/qmprt-exec" in await guest("cat /proc/$(pidof qmprt-exec)/cmdline | tr '\\0' ' '")
     await runtime.remove_sandbox(sandbox_id)

@@ -101,6 +101,6 @@ def test_the_record_keeps_every_choice_and_its_memory_plan_is_the_vms(tmp_path: 
     assert planning.memory_plan(record) == vm.memory_plan()
     # The disk and the share are devices of the VM, rendered with the others.
     assert vm.extra_devices == (BlockVolumes((disk,), Transport.PCI), VirtiofsShares((share,), Transport.PCI))
-    argv = VM.render(vm, {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6}, "/c.raw").argv()
+    argv = VM.render(vm, {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6, "exec": 7}, "/c.raw").argv()
     assert '{"driver":"virtio-blk-pci","id":"vol-dev0-dev","drive":"vol-dev0","serial":"data"}' in argv
     assert share.args("pci")[1] in argv and vm.shared_memory

@@ -12,7 +12,7 @@ from qmprt.vm.machine import VM
 from qmprt.vm.numa import HugepageConfig
 from qmprt.vm.spec import VMSpec
 
-FDS = {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6}
+FDS = {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6, "exec": 7}
 
 COMMON_HEAD = [
     "qemu-system-x86_64",
@@ -34,6 +34,8 @@ Q35_DEVICE_TAIL = [
     "-device", '{"driver":"virtio-serial-pci","id":"vser0"}',
     "-chardev", "socket,id=qga,fd=5,server=on,wait=off",
     "-device", '{"driver":"virtserialport","id":"qga-port","bus":"vser0.0","chardev":"qga","name":"org.qemu.guest_agent.0"}',
+    "-chardev", "socket,id=exec,fd=7,server=on,wait=off",
+    "-device", '{"driver":"virtserialport","id":"exec-port","bus":"vser0.0","chardev":"exec","name":"io.qmprt.exec.0"}',
     "-device", '{"driver":"virtio-rng-pci","id":"rng0"}',
     "-device", '{"driver":"virtio-balloon-pci","id":"balloon0","deflate-on-oom":true,"free-page-reporting":true}',
     "-device", '{"driver":"pvpanic"}',
@@ -95,6 +97,8 @@ def test_microvm_direct_kernel_argv() -> None:
         "-device", '{"driver":"virtio-serial-device","id":"vser0"}',
         "-chardev", "socket,id=qga,fd=5,server=on,wait=off",
         "-device", '{"driver":"virtserialport","id":"qga-port","bus":"vser0.0","chardev":"qga","name":"org.qemu.guest_agent.0"}',
+        "-chardev", "socket,id=exec,fd=7,server=on,wait=off",
+        "-device", '{"driver":"virtserialport","id":"exec-port","bus":"vser0.0","chardev":"exec","name":"io.qmprt.exec.0"}',
         "-device", '{"driver":"virtio-rng-device","id":"rng0"}',
         "-device", '{"driver":"virtio-balloon-device","id":"balloon0","deflate-on-oom":true,"free-page-reporting":true}',
         "-device", '{"driver":"pvpanic"}',

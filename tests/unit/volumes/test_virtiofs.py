@@ -74,7 +74,7 @@ def test_vm_config_carries_other_mechanisms_devices() -> None:
     assert config.to_json()["extra_args"] == share.args("pci") and "extra_devices" not in config.to_json()
     adopted = VMConfig.from_json(json.loads(json.dumps(config.to_json())))
     assert adopted.extra_devices == (RawArgs(tuple(share.args("pci"))),) and adopted.to_json() == config.to_json()
-    argv = VM.render(config, {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6}, "/c.raw").argv()
+    argv = VM.render(config, {"qmp": 3, "qmp-shell": 4, "qga": 5, "console": 6, "exec": 7}, "/c.raw").argv()
     start = argv.index("-chardev", argv.index('{"driver":"virtio-blk-pci","id":"blk-root","drive":"root","bootindex":0}'))
     assert argv[start:start + 4] == list(share.args("pci"))
     assert "share" in next(arg for arg in argv if arg.startswith('{"qom-type":"memory-backend-memfd"'))
