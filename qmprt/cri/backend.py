@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from qmprt.config import Config
 from qmprt.image import Images
+from qmprt.pod.events import Subscription
 from qmprt.pod.metrics import SandboxMetricsInfo
 from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
@@ -36,6 +37,10 @@ class RuntimeBackend(Protocol):
     def cgroup_driver_name(self) -> str: ...
 
     def update_runtime_config(self, pod_cidr: str) -> None: ...
+
+    def subscribe(self) -> Subscription: ...
+
+    def end_event_streams(self) -> None: ...
 
     async def run_sandbox(self, spec: SandboxSpec) -> str: ...
 

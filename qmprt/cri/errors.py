@@ -14,6 +14,7 @@ INTERNAL at ERROR.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import time
@@ -172,8 +173,10 @@ def _wrap_stream(method: str, behaviour: Callable[..., Any]) -> Callable[..., As
             responses = behaviour(request, context)
             if asyncio.iscoroutine(responses):  # a handler that fails before it becomes a stream
                 responses = await responses
-            async for response in responses:
-                yield response
+            # Closed when the call ends, however it ends: the handler's clean-up runs now, not at GC.
+            async with contextlib.aclosing(responses):
+                async for response in responses:
+                    yield response
         except aio.AbortError:
             record.done(context.code() or grpc.StatusCode.UNKNOWN, context.details() or "")
             raise

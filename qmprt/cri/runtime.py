@@ -1,14 +1,14 @@
 """RuntimeService calls about the runtime itself: Version, Status, RuntimeConfig, UpdateRuntimeConfig.
 
 Also the RPCs of the proto that qmprt does not serve, each with the answer a real runtime gives:
-UNIMPLEMENTED where kubelet tolerates it (events, checkpoints, pod-level resize).
+UNIMPLEMENTED where kubelet tolerates it (checkpoints, pod-level resize). GetContainerEvents is
+``qmprt.cri.events``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any
 
@@ -87,12 +87,6 @@ class RuntimeInfoHandlers(Handlers):
         self, request: cri.CheckpointContainerRequest, context: Any
     ) -> cri.CheckpointContainerResponse:
         raise NotImplementedError("qmprt does not checkpoint containers (VM snapshots are not exposed)")
-
-    async def GetContainerEvents(
-        self, request: cri.GetEventsRequest, context: Any
-    ) -> AsyncIterator[cri.ContainerEventResponse]:
-        raise NotImplementedError("qmprt has no container event stream: run kubelet with Evented PLEG off")
-        yield  # an async generator, as the streaming call needs
 
     async def UpdatePodSandboxResources(
         self, request: cri.UpdatePodSandboxResourcesRequest, context: Any

@@ -30,6 +30,7 @@ from qmprt.config import Config
 from qmprt.cri.backend import RuntimeBackend
 from qmprt.cri.container import ContainerHandlers
 from qmprt.cri.errors import ErrorInterceptor
+from qmprt.cri.events import EventHandlers
 from qmprt.cri.exec import ExecHandlers
 from qmprt.cri.image import ImageHandlers
 from qmprt.cri.runtime import RuntimeInfoHandlers
@@ -47,7 +48,7 @@ MAX_UNIX_PATH = 107
 
 
 class RuntimeService(
-    RuntimeInfoHandlers, SandboxHandlers, ContainerHandlers, ExecHandlers, StatsHandlers
+    RuntimeInfoHandlers, SandboxHandlers, ContainerHandlers, ExecHandlers, StatsHandlers, EventHandlers
 ):
     """runtime.v1.RuntimeService: the per-area handler classes, combined."""
 
@@ -159,8 +160,10 @@ class CRIServer:
         log.info("serving CRI v1 on %s", self.address)
 
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """Stop accepting, let in-flight calls finish within ``grace``, remove the socket."""
+        """Stop accepting, end the event streams (they never finish by themselves, so they would hold
+        the whole ``grace``), let in-flight calls finish within ``grace``, remove the socket."""
         try:
+            self.runtime.end_event_streams()
             await self._server.stop(grace)
         finally:
             self.claim.release()

@@ -1,7 +1,9 @@
 """The life of containers: create (plan, overlay, storage, seed, records), start (its VM), stop, remove.
 
 Each mutating call builds inside an ``AsyncExitStack`` and keeps the undo steps only on success, so a
-failed call leaves nothing behind (no QEMU, cgroup, file or reserved name).
+failed call leaves nothing behind (no QEMU, cgroup, file or reserved name). Each change is announced
+(``qmprt.pod.events``) as soon as it is recorded: CREATED, STARTED, STOPPED (through
+``ContainerVMs.record_exit``, or a start that failed) and DELETED.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from qmprt.errors import FailedPrecondition, NotFound, best_effort
 from qmprt.image.overlay import create_overlay_async
 from qmprt.pod import guest, planning
 from qmprt.pod.annotations import QmprtAnnotations, parse_annotations
+from qmprt.pod.events import EventType
 from qmprt.pod.specs import ContainerSpec, metadata_bytes
 from qmprt.pod.network import PodNetworks
 from qmprt.pod.live import Container, Sandbox
@@ -84,6 +87,7 @@ class Containers:
                 container = await self._make(container_id, directory, spec, sandbox, image, requested, choices)
                 self.registry.add_container(container)
                 undo.pop_all()
+            self.registry.container_event(EventType.CREATED, container)
         log.info("container %s created in sandbox %s", container_id[:12], sandbox.id[:12])
         return container_id
 
@@ -123,6 +127,7 @@ class Containers:
             vm, cgroup = await self._launch(container, sandbox, log_writer)
             self.vms.attach(container, vm, log_writer, cgroup)
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
+            self.registry.container_event(EventType.STARTED, container)
             await self.vms.pin(container)
             telemetry.VM_STARTS.labels("ok").inc()
             telemetry.VM_START_SECONDS.observe(time.monotonic() - started)
@@ -198,6 +203,7 @@ class Containers:
                 ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=128,
                 reason="StartError", message=str(err),
             )
+            self.registry.container_event(EventType.STOPPED, container)
         telemetry.VM_STARTS.labels("error").inc()
 
     def _open_log(self, container: Container, sandbox: Sandbox) -> CRILogWriter | None:
@@ -222,7 +228,7 @@ class Containers:
             if container.status.state != ContainerState.RUNNING or vm is None:
                 return
             await vm.stop(grace)
-            container.sync_from_vm()
+            self.vms.record_exit(container)
 
     async def remove(self, container: Container) -> None:
         await self.stop(container, FORCED_STOP_GRACE)
@@ -235,5 +241,6 @@ class Containers:
             await self.vms.stop_share_daemons(container)
             shutil.rmtree(self.vms.run_dir(container.id), ignore_errors=True)
             await asyncio.to_thread(shutil.rmtree, container.directory, True)
-            self.registry.forget_container(container)
+            if self.registry.forget_container(container):
+                self.registry.container_event(EventType.DELETED, container)
         log.info("container %s removed", container.id[:12])

@@ -115,14 +115,15 @@ class Container:
 
         self._status.update(change)
 
-    def sync_from_vm(self) -> None:
-        """Copy the VM's exit into the container status (once; later calls change nothing)."""
+    def sync_from_vm(self) -> bool:
+        """Copy the VM's exit into the container status (once; later calls change nothing). True when
+        this call recorded the exit."""
         vm = self.vm
         if vm is None or self.status.state == ContainerState.EXITED:
-            return
+            return False
         vm_status = vm.status
         if vm_status.exit_code is None:
-            return
+            return False
         self.update(
             ContainerState.EXITED,
             started_at_ns=self.status.started_at_ns or vm_status.started_at_ns,
@@ -131,6 +132,7 @@ class Container:
             reason=vm_status.reason,
             message=vm_status.message,
         )
+        return True
 
     def info(self) -> ContainerInfo:
         return ContainerInfo(

@@ -22,6 +22,9 @@ Assumptions:
   container is moved to ``<state root>/quarantine/`` for a person to look at, the QEMU named after it
   is stopped (qmprt can no longer manage it) and the pod's namespace removed; kubelet, which no longer
   sees it, creates a new one.
+- What recovery changes (a container found exited) is announced on the registry's event bus like
+  any other change; nobody has subscribed yet (the CRI socket opens after recovery), so kubelet
+  learns it from the relist it does when its event stream reconnects.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from qmprt import state, telemetry
 from qmprt.cgroups import Cgroup
 from qmprt.errors import QmprtError, best_effort
 from qmprt.net import netns
+from qmprt.pod.events import EventType
 from qmprt.pod.network import PodNetworks
 from qmprt.pod.records import CONTAINER_FILE, SANDBOX_FILE
 from qmprt.pod.live import Container, Sandbox
@@ -204,6 +208,7 @@ async def _recover_container(work: Recovery, container: Container) -> str:
                 ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=255, reason="Error",
                 message="qmprt stopped while starting this container; its VM never ran",
             )
+            work.registry.container_event(EventType.STOPPED, container)
             return "exited"
         return "unchanged"
     cgroup = work.vms.existing_cgroup(container)
@@ -252,7 +257,7 @@ async def _take_over(
         await work.vms.stop_share_daemons(container)
         if was_created:
             container.update(ContainerState.RUNNING, started_at_ns=vm.status.started_at_ns)
-        container.sync_from_vm()
+        work.vms.record_exit(container)
         if writer is not None:
             writer.close()
             container.log_writer = None

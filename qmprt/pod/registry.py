@@ -2,18 +2,24 @@
 
 The registry only indexes objects; it never touches a VM, a file or the network. Names are
 reserved before an object exists (so two concurrent creates of one name cannot both win) and
-released by the undo step of a create that failed.
+released by the undo step of a create that failed. Changes to its objects are announced on its
+event bus (``events``), each with the pod as the registry holds it then (``qmprt.pod.events``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from qmprt.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from qmprt.pod.events import ContainerEvent, EventBus, EventType
 from qmprt.pod.specs import ContainerSpec, SandboxSpec, metadata_bytes
 from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.states import ContainerState, SandboxState
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T", Sandbox, Container)
 SandboxName = tuple[str, str, str, int]  # name, namespace, uid, attempt
@@ -69,6 +75,7 @@ class Registry:
         self.containers: dict[str, Container] = {}
         self._sandbox_names: dict[SandboxName, str] = {}
         self._container_names: dict[ContainerName, str] = {}
+        self.events = EventBus()
 
     # -- names ------------------------------------------------------------------------------------------
     def reserve_sandbox_name(self, spec: SandboxSpec, sandbox_id: str) -> SandboxName:
@@ -108,13 +115,14 @@ class Registry:
         self._container_names[container_name(container.sandbox_id, container.spec)] = container.id
         self.containers[container.id] = container
 
-    def forget_sandbox(self, sandbox: Sandbox) -> None:
+    def forget_sandbox(self, sandbox: Sandbox) -> bool:
+        """Unindex a sandbox; False when it was not indexed (a concurrent remove got there first)."""
         self._sandbox_names.pop(sandbox_name(sandbox.spec), None)
-        self.sandboxes.pop(sandbox.id, None)
+        return self.sandboxes.pop(sandbox.id, None) is not None
 
-    def forget_container(self, container: Container) -> None:
+    def forget_container(self, container: Container) -> bool:
         self._container_names.pop(container_name(container.sandbox_id, container.spec), None)
-        self.containers.pop(container.id, None)
+        return self.containers.pop(container.id, None) is not None
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
         return lookup(self.sandboxes, sandbox_id, "sandbox")
@@ -133,6 +141,23 @@ class Registry:
 
     def image_in_use(self, digest: str) -> bool:
         return any(container.record.image_digest == digest for container in self.containers.values())
+
+    # -- events -----------------------------------------------------------------------------------------
+    def container_event(self, kind: EventType, container: Container) -> None:
+        """Announce ``kind`` for ``container``, with its pod as it is now (call it right after the change)."""
+        sandbox = self.sandboxes.get(container.sandbox_id)
+        if sandbox is None:
+            log.warning("no %s event for container %s: its sandbox is gone", kind.value, container.id[:12])
+            return
+        self._publish(kind, container.id, sandbox)
+
+    def sandbox_event(self, kind: EventType, sandbox: Sandbox) -> None:
+        """Announce ``kind`` for the sandbox itself (its id as the container id, as containerd does)."""
+        self._publish(kind, sandbox.id, sandbox)
+
+    def _publish(self, kind: EventType, object_id: str, sandbox: Sandbox) -> None:
+        containers = tuple(c.info() for c in self.containers_of(sandbox.id))
+        self.events.publish(ContainerEvent(object_id, kind, time.time_ns(), sandbox.info(), containers))
 
     # -- lists ------------------------------------------------------------------------------------------
     def find_sandboxes(

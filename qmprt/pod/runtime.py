@@ -26,6 +26,7 @@ from qmprt.errors import InvalidArgument, NotFound
 from qmprt.pod import planning, recovery, running
 from qmprt.pod import resources as live_resources
 from qmprt.pod.containers import Containers
+from qmprt.pod.events import Subscription
 from qmprt.pod.metrics import SandboxMetricsInfo, sandbox_metrics
 from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.network import PodNetworks
@@ -58,7 +59,7 @@ class Runtime:
         self.registry = Registry()
         self.sandboxes = self.registry.sandboxes
         self.containers = self.registry.containers
-        self.vms = ContainerVMs(config, cgroup_driver, self.run_root)
+        self.vms = ContainerVMs(config, cgroup_driver, self.run_root, self.registry)
         self.pod_cidr = ""
         self.networks = PodNetworks(config.cni, self.state_root / "cni", self.run_root / "net")
         self.lifecycle = Containers(config, self.registry, self.vms, images, self.networks, self.accel.accel)
@@ -82,6 +83,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Let go of every VM without stopping it: the next qmprt adopts them."""
+        self.end_event_streams()
         self.vms.cancel_tasks()
         for container in list(self.containers.values()):
             if container.vm is not None and container.vm.status.state != VMState.EXITED:
@@ -104,6 +106,14 @@ class Runtime:
 
     def cgroup_driver_name(self) -> str:
         return self.config.cgroups.driver
+
+    def subscribe(self) -> Subscription:
+        """The lifecycle events of every container and sandbox from now on (``qmprt.pod.events``)."""
+        return self.registry.events.subscribe()
+
+    def end_event_streams(self) -> None:
+        """End every subscription (qmprt stops): their streams finish instead of holding shutdown."""
+        self.registry.events.close()
 
     def update_runtime_config(self, pod_cidr: str) -> None:
         self.pod_cidr = pod_cidr

@@ -1,7 +1,8 @@
 """The life of sandboxes: run (directory, network namespace, CNI, records), stop, remove.
 
 A sandbox is a directory, a network namespace and its CNI attachments; its containers' VMs join
-that network. Stopping a sandbox stops its containers; removing it removes them.
+that network. Stopping a sandbox stops its containers; removing it removes them. Its own events
+carry its id as the container id (``qmprt.pod.events``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from qmprt.net.wiring import Mode
 from qmprt.pod import planning
 from qmprt.pod.annotations import network_wiring
 from qmprt.pod.containers import FORCED_STOP_GRACE, Containers
+from qmprt.pod.events import EventType
 from qmprt.pod.specs import SandboxSpec, metadata_bytes
 from qmprt.pod.network import PodNetworks
 from qmprt.pod.live import Sandbox
@@ -86,6 +88,9 @@ class Sandboxes:
                 await self.networks.start_responders(sandbox_id, spec, network)
             self.registry.add_sandbox(sandbox)
             undo.pop_all()
+        # No pause process to start in between: the sandbox is made and running in one step.
+        self.registry.sandbox_event(EventType.CREATED, sandbox)
+        self.registry.sandbox_event(EventType.STARTED, sandbox)
         log.info("sandbox %s ready (%s/%s)", sandbox_id[:12], spec.metadata.namespace, spec.metadata.name)
         return sandbox_id
 
@@ -103,6 +108,7 @@ class Sandboxes:
             await asyncio.to_thread(netns.remove, netns.netns_name(sandbox.id))
             if sandbox.status.state != SandboxState.NOTREADY:
                 sandbox.set_state(SandboxState.NOTREADY)
+                self.registry.sandbox_event(EventType.STOPPED, sandbox)
 
     async def remove(self, sandbox_id: str) -> None:
         try:
@@ -115,7 +121,8 @@ class Sandboxes:
                 await self.containers.remove(container)
             self._delete_cgroup(sandbox)
             await asyncio.to_thread(shutil.rmtree, sandbox.directory, True)
-            self.registry.forget_sandbox(sandbox)
+            if self.registry.forget_sandbox(sandbox):
+                self.registry.sandbox_event(EventType.DELETED, sandbox)
         log.info("sandbox %s removed", sandbox.id[:12])
 
     def _delete_cgroup(self, sandbox: Sandbox) -> None:

@@ -21,7 +21,9 @@ from qmprt.config import Config
 from qmprt.errors import FailedPrecondition, InvalidArgument, QmprtError, best_effort
 from qmprt.pod import resources as live_resources
 from qmprt.pod.specs import Resources
+from qmprt.pod.events import EventType
 from qmprt.pod.live import Container
+from qmprt.pod.registry import Registry
 from qmprt.vm.console import CRILogWriter
 from qmprt.vm.machine import VM
 
@@ -31,8 +33,11 @@ BOOT_TIMER_SECONDS = 600.0
 
 
 class ContainerVMs:
-    def __init__(self, config: Config, cgroup_driver: cgroups.CgroupDriver, run_root: Path) -> None:
+    def __init__(
+        self, config: Config, cgroup_driver: cgroups.CgroupDriver, run_root: Path, registry: Registry
+    ) -> None:
         self.config = config
+        self.registry = registry  # announces the exits
         self.cgroup_driver = cgroup_driver
         self.run_root = run_root
         self.tasks: set[asyncio.Task[None]] = set()
@@ -100,8 +105,14 @@ class ContainerVMs:
         container.log_writer = log_writer
         vm.on_exit(lambda _vm: self._on_exit(container))
 
+    def record_exit(self, container: Container) -> None:
+        """The container's VM has exited: its status says so, and STOPPED is announced (once, whichever
+        of StopContainer, the exit watcher or recovery sees the exit first)."""
+        if container.sync_from_vm():
+            self.registry.container_event(EventType.STOPPED, container)
+
     def _on_exit(self, container: Container) -> None:
-        container.sync_from_vm()
+        self.record_exit(container)
         telemetry.VM_EXITS.labels(container.status.reason or "unknown").inc()
         if container.log_writer is not None:
             container.log_writer.close()

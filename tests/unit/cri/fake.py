@@ -3,7 +3,8 @@
 It keeps the pod layer's rules that the CRI layer relies on (prefix ids, NotFound on lookups,
 idempotent stop/remove, one running container per sandbox, images must be present) and nothing else.
 ``fail_next[method] = exc`` makes the next call of ``method`` raise ``exc``; ``calls`` records every
-call with its arguments so tests can check what the CRI layer passed down.
+call with its arguments so tests can check what the CRI layer passed down. Lifecycle events go
+through the real ``qmprt.pod.events.EventBus`` (``events``), published where the pod layer publishes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from qmprt.image import FsUsage, ImageRecord
+from qmprt.pod.events import ContainerEvent, EventBus, EventType, Subscription
 from qmprt.pod.metrics import ContainerMetricsInfo, MetricSample, SandboxMetricsInfo
 from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
@@ -91,6 +93,7 @@ class FakeRuntime:
         self.pod_cidr = ""
         self.exec_results: dict[tuple[str, ...], ExecResult] = {}
         self.closed = False
+        self.events = EventBus()
 
     def _enter(self, method: str, *args: Any) -> None:
         self.calls.append((method, args))
@@ -111,6 +114,18 @@ class FakeRuntime:
 
     async def close(self) -> None:
         self.closed = True
+        self.events.close()
+
+    def subscribe(self) -> Subscription:
+        self._enter("subscribe")
+        return self.events.subscribe()
+
+    def end_event_streams(self) -> None:
+        self.events.close()
+
+    def _publish(self, kind: EventType, object_id: str, sandbox_id: str) -> None:
+        containers = tuple(c for c in self.containers.values() if c.sandbox_id == sandbox_id)
+        self.events.publish(ContainerEvent(object_id, kind, time.time_ns(), self.sandboxes[sandbox_id], containers))
 
     def health(self) -> RuntimeHealth:
         self._enter("health")
@@ -135,6 +150,8 @@ class FakeRuntime:
         sandbox_id = secrets.token_hex(32)
         status = SandboxStatus(SandboxState.READY, time.time_ns(), ip="10.88.0.7", additional_ips=("fd00::7",))
         self.sandboxes[sandbox_id] = SandboxInfo(sandbox_id, spec, status)
+        self._publish(EventType.CREATED, sandbox_id, sandbox_id)
+        self._publish(EventType.STARTED, sandbox_id, sandbox_id)
         return sandbox_id
 
     async def stop_sandbox(self, sandbox_id: str) -> None:
@@ -146,9 +163,11 @@ class FakeRuntime:
         for container in list(self.containers.values()):
             if container.sandbox_id == info.id:
                 await self.stop_container(container.id, 0)
-        self.sandboxes[info.id] = dataclasses.replace(
-            info, status=dataclasses.replace(info.status, state=SandboxState.NOTREADY)
-        )
+        if info.status.state == SandboxState.READY:
+            self.sandboxes[info.id] = dataclasses.replace(
+                info, status=dataclasses.replace(info.status, state=SandboxState.NOTREADY)
+            )
+            self._publish(EventType.STOPPED, info.id, info.id)
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
         self._enter("remove_sandbox", sandbox_id)
@@ -156,9 +175,11 @@ class FakeRuntime:
             info = self._lookup(self.sandboxes, sandbox_id, "sandbox")
         except NotFound:
             return
+        await self.stop_sandbox(info.id)
         for container in list(self.containers.values()):
             if container.sandbox_id == info.id:
-                del self.containers[container.id]
+                await self.remove_container(container.id)
+        self._publish(EventType.DELETED, info.id, info.id)
         del self.sandboxes[info.id]
 
     def sandbox(self, sandbox_id: str) -> SandboxInfo:
@@ -202,6 +223,7 @@ class FakeRuntime:
             image.digest,
             log_path,
         )
+        self._publish(EventType.CREATED, container_id, sandbox.id)
         return container_id
 
     def _set_status(self, info: ContainerInfo, **changes: Any) -> None:
@@ -216,6 +238,7 @@ class FakeRuntime:
             if other.sandbox_id == info.sandbox_id and other.status.state == ContainerState.RUNNING:
                 raise FailedPrecondition(f"sandbox {info.sandbox_id[:12]} already runs container {other.id[:12]}")
         self._set_status(info, state=ContainerState.RUNNING, started_at_ns=time.time_ns())
+        self._publish(EventType.STARTED, info.id, info.sandbox_id)
 
     async def stop_container(self, container_id: str, timeout_s: int) -> None:
         self._enter("stop_container", container_id, timeout_s)
@@ -227,6 +250,7 @@ class FakeRuntime:
             self._set_status(
                 info, state=ContainerState.EXITED, finished_at_ns=time.time_ns(), exit_code=0, reason="Completed"
             )
+            self._publish(EventType.STOPPED, info.id, info.sandbox_id)
 
     async def remove_container(self, container_id: str) -> None:
         self._enter("remove_container", container_id)
@@ -235,6 +259,7 @@ class FakeRuntime:
         except NotFound:
             return
         del self.containers[info.id]
+        self._publish(EventType.DELETED, info.id, info.sandbox_id)
 
     def container(self, container_id: str) -> ContainerInfo:
         self._enter("container", container_id)

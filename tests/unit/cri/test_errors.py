@@ -82,7 +82,8 @@ async def test_unimplemented_calls_say_why(client: Client) -> None:
     assert "checkpoint" in message
 
 
-async def test_streaming_get_container_events_is_unimplemented(client: Client) -> None:
+async def test_errors_of_a_streaming_call_are_mapped_too(client: Client, fake: FakeRuntime) -> None:
+    fake.fail_next["subscribe"] = errors.FailedPrecondition("no events today")
     events = client.runtime.GetContainerEvents(cri.GetEventsRequest())
 
     async def drain() -> None:
@@ -90,8 +91,7 @@ async def test_streaming_get_container_events_is_unimplemented(client: Client) -
             pass
 
     code, message = await status_of(drain())
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "Evented PLEG" in message
+    assert (code, message) == (grpc.StatusCode.FAILED_PRECONDITION, "no events today")
 
 
 @pytest.mark.parametrize("number", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])

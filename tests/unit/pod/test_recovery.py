@@ -13,6 +13,7 @@ import pytest
 from qmprt import state
 from qmprt.config import Config
 from qmprt.pod import guest, recovery
+from qmprt.pod.events import EventType
 from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
@@ -32,7 +33,7 @@ class Recovered:
         self.root = root
         self.registry = Registry()
         self.driver = driver or FakeCgroupDriver()
-        self.vms = ContainerVMs(Config(), self.driver, root / "run")  # type: ignore[arg-type]
+        self.vms = ContainerVMs(Config(), self.driver, root / "run", self.registry)  # type: ignore[arg-type]
         self.networks = networks or FakeNetworks()
 
     async def run(self) -> dict[str, int]:
@@ -88,10 +89,15 @@ async def test_a_running_container_whose_vm_never_ran_has_exited(root: Path, net
     container.update(ContainerState.RUNNING)
     created = make_container(make_sandbox(root / "pods"))
     recovered = Recovered(root)
+    events = recovered.registry.events.subscribe()
     assert await recovered.run() == {"exited": 1, "unchanged": 1}
     status = recovered.registry.container(container.id).status
     assert (status.state, status.exit_code, status.reason) == (ContainerState.EXITED, 255, "Error")
     assert recovered.registry.container(created.id).status.state == ContainerState.CREATED
+    # Found exited is announced like any other exit, with the pod as recovery left it.
+    stopped = await anext(events)
+    assert (stopped.container_id, stopped.type, events.backlog) == (container.id, EventType.STOPPED, 0)
+    assert [c.status.state for c in stopped.containers if c.id == container.id] == [ContainerState.EXITED]
 
 
 async def test_a_start_cut_before_the_pid_stays_created_and_its_leftovers_go(root: Path, netns_present: None) -> None:
