@@ -110,6 +110,12 @@ async def test_many_sessions_kill_and_a_lost_channel(tiny, tmp_path, run_dir, vm
     held = await channel.spawn(["sh", "-c", "sleep 300 # held-session"])
     await channel.close()  # the old qmprt is gone...
     assert await held.read() is None
+    # Nobody on the host side: the helper waits without spinning (virtio-serial reads return 0 now).
+    ticks = "set -- $(cat /proc/$(pidof qmprt-exec)/stat); echo $((${14} + ${15}))"
+    before = int((await vm.agent.exec(["sh", "-c", ticks], timeout=20)).stdout)
+    await asyncio.sleep(2)
+    after = int((await vm.agent.exec(["sh", "-c", ticks], timeout=20)).stdout)
+    assert after - before < 40, f"the helper used {after - before} ticks in 2 s while disconnected"
     fresh = ExecChannel(str(vm.exec_socket))
     assert await fresh.available(timeout=10)  # ...and a new one's HELLO ends what it left
     await asyncio.sleep(0.5)
