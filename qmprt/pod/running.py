@@ -11,7 +11,7 @@ from qmprt.pod.live import Container
 from qmprt.pod.states import ContainerState
 from qmprt.vm.agent import ExecResult
 from qmprt.vm.config import VMState
-from qmprt.vm.guest_exec import ExecChannel
+from qmprt.vm.guest_exec import START_TIMEOUT, ExecChannel
 from qmprt.vm.machine import VM
 
 # What the agent path keeps of each stream (qemu-ga's own bound): the helper path keeps the same.
@@ -45,7 +45,11 @@ async def exec_sync(container: Container, argv: Sequence[str], timeout_s: int) -
 async def exec_through_helper(channel: ExecChannel, argv: Sequence[str], timeout: float | None) -> ExecResult:
     """Run ``argv`` through the exec helper, keeping at most EXEC_OUTPUT_LIMIT bytes of each stream
     (the rest is read and dropped, so the process never blocks); past ``timeout`` it is killed."""
-    process = await channel.spawn(list(argv))
+    try:
+        process = await asyncio.wait_for(channel.spawn(list(argv)), timeout or START_TIMEOUT)
+    except asyncio.TimeoutError as err:
+        # The helper never took the command (a frozen guest): not a command that ran too long.
+        raise FailedPrecondition(f"the exec helper does not answer: {argv[0]!r} did not start in the guest") from err
     kept = {"stdout": bytearray(), "stderr": bytearray()}
     truncated = False
 

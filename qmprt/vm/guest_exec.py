@@ -35,6 +35,7 @@ class _Session:
         self.channel = channel
         self.id = session_id
         self.output: deque[tuple[str, bytes]] = deque()
+        self.queued = 0  # bytes in output: the guest may send at most WINDOW before we return credit
         self.changed = asyncio.Event()
         self.open_streams = {"stdout"} if tty else {"stdout", "stderr"}
         self.started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -66,6 +67,7 @@ class _Session:
         while True:
             if self.output:
                 stream, data = self.output.popleft()
+                self.queued -= len(data)
                 if not self.over:  # a session that ended is gone in the guest too: no credit to return
                     await self.channel._send_quiet(proto.CREDIT, self.id, proto.u32(len(data)))
                 return stream, data
@@ -163,7 +165,7 @@ class ExecChannel:
         self._sessions: dict[int, _Session] = {}
         self._ids = itertools.count(1)
         self._hello: asyncio.Future[None] | None = None
-        self._nonces: set[int] = set()
+        self._nonces: deque[int] = deque(maxlen=16)  # the HELLOs of this connection still worth an answer
         self._ready = False
         self._connect_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
@@ -199,7 +201,7 @@ class ExecChannel:
         self._hello = loop.create_future()
         while not self._hello.done():
             nonce = secrets.randbits(32)
-            self._nonces.add(nonce)
+            self._nonces.append(nonce)
             await self._send(proto.HELLO, 0, proto.u32(nonce))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._hello), HELLO_RETRY)
@@ -293,27 +295,33 @@ class ExecChannel:
                 if length > proto.MAX_PAYLOAD:
                     log.warning("exec helper on %s sent a %d-byte frame: channel dropped", self.socket_path, length)
                     break
-                self._dispatch(kind, session_id, await reader.readexactly(length))
+                if not self._dispatch(kind, session_id, await reader.readexactly(length)):
+                    log.warning("exec helper on %s sent past its credit: channel dropped", self.socket_path)
+                    break
         except (asyncio.IncompleteReadError, OSError):
             pass
         finally:
             if self._reader is reader:
                 self._lost()
 
-    def _dispatch(self, kind: int, session_id: int, payload: bytes) -> None:
+    def _dispatch(self, kind: int, session_id: int, payload: bytes) -> bool:
+        """Route one frame; False when the guest broke the protocol (the guest is not trusted)."""
         if kind == proto.HELLO:
             if proto.parse_u32(payload, 4) in self._nonces and self._hello and not self._hello.done():
                 self._hello.set_result(None)
-            return
+            return True
         session = self._sessions.get(session_id)
         if session is None or not self._ready:
-            return  # stale: a session already closed, or frames meant for an earlier connection
+            return True  # stale: a session already closed, or frames meant for an earlier connection
         if kind == proto.STARTED and not session.started.done():
             session.started.set_result(proto.parse_u32(payload))
         elif kind in (proto.STDOUT, proto.STDERR):
             stream = "stdout" if kind == proto.STDOUT else "stderr"
             if payload:
                 session.output.append((stream, payload))
+                session.queued += len(payload)
+                if session.queued > proto.WINDOW:
+                    return False
             else:
                 session.open_streams.discard(stream)
         elif kind == proto.CREDIT:
@@ -321,6 +329,7 @@ class ExecChannel:
         elif kind in (proto.EXIT, proto.ERROR):
             self._finish(session, kind, payload)
         session.notify()
+        return True
 
     def _finish(self, session: _Session, kind: int, payload: bytes) -> None:
         self._forget(session)

@@ -83,15 +83,17 @@ def running_pod(stub: Any, log_root: Path, name: str) -> Iterator[tuple[str, str
 
 def test_a_silent_guest_agent_bounds_exec_and_stop(server: ServerProcess, stub: Any, tmp_path: Path) -> None:
     with running_pod(stub, tmp_path, "silent") as (_, container_id):
-        # Freeze the guest's qemu-ga for 8 s, a second after this exec has returned.
-        freeze = "(sleep 1; kill -STOP $(cat /run/qemu-ga.pid); sleep 8; kill -CONT $(cat /run/qemu-ga.pid))"
+        # Freeze the guest's qemu-ga and exec helper (ExecSync's two ways in) for 8 s, a second after
+        # this exec has returned.
+        daemons = "$(cat /run/qemu-ga.pid) $(pidof qmprt-exec)"
+        freeze = f"(sleep 1; kill -STOP {daemons}; sleep 8; kill -CONT {daemons})"
         exec_sync(stub, container_id, ["sh", "-c", f"{freeze} >/dev/null 2>&1 &"])
         frozen_at = time.monotonic() + 1
         time.sleep(1.5)
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
             exec_sync(stub, container_id, ["echo", "lost"], 3)
-        # The agent never took the command: "does not answer", not a command that ran too long.
+        # The guest never took the command: "does not answer", not a command that ran too long.
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value
         assert "does not answer" in caught.value.details()
         assert time.monotonic() - began < 3 + 2.5

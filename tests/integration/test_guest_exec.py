@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import signal
 
+from qmprt.vm import exec_protocol as proto
 from qmprt.vm.guest_exec import ExecChannel, GuestProcess
 from qmprt.vm.machine import VM
 
@@ -110,6 +111,12 @@ async def test_many_sessions_kill_and_a_lost_channel(tiny, tmp_path, run_dir, vm
     held = await channel.spawn(["sh", "-c", "sleep 300 # held-session"])
     await channel.close()  # the old qmprt is gone...
     assert await held.read() is None
+    # Nobody on the host side: the helper waits without spinning (virtio-serial reads return 0 now).
+    ticks = "set -- $(cat /proc/$(pidof qmprt-exec)/stat); echo $((${14} + ${15}))"
+    before = int((await vm.agent.exec(["sh", "-c", ticks], timeout=20)).stdout)
+    await asyncio.sleep(2)
+    after = int((await vm.agent.exec(["sh", "-c", ticks], timeout=20)).stdout)
+    assert after - before < 40, f"the helper used {after - before} ticks in 2 s while disconnected"
     fresh = ExecChannel(str(vm.exec_socket))
     assert await fresh.available(timeout=10)  # ...and a new one's HELLO ends what it left
     await asyncio.sleep(0.5)
@@ -129,6 +136,13 @@ async def test_tcp_into_the_guest(tiny, tmp_path, run_dir, vms, vm_tag, cgroup_d
         reply += chunk
     assert reply.startswith(b"HTTP/1.") and reply.endswith(b"served\n")
     await stream.close()
+    # Frames the helper cannot use are refused, and it carries on.
+    writer = vm.guest_exec._writer
+    assert writer is not None
+    writer.write(proto.frame(77, 1, b"?") + proto.HEADER.pack(proto.STDIN, 2, 70000) + b"\0" * 70000)
+    writer.write(proto.frame(proto.SPAWN, 3, b"\1"))
+    still = await vm.guest_exec.spawn(["echo", "still here"])
+    assert (await output_of(still))[0] == b"still here\n"
     try:
         await vm.guest_exec.connect_tcp(8081)
     except Exception as err:  # noqa: BLE001 - the type is what is checked

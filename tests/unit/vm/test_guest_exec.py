@@ -165,3 +165,12 @@ async def test_no_socket_is_unavailable(tmp_path: Path) -> None:
     assert not await channel.available()
     with pytest.raises(Unavailable):
         await channel.spawn(["true"])
+
+
+async def test_a_guest_sending_past_its_credit_loses_the_channel(guest: tuple[FakeGuest, ExecChannel]) -> None:
+    fake, channel = guest
+    session, process = await running(fake, channel, ["yes"])
+    for _ in range(proto.WINDOW // proto.MAX_PAYLOAD + 1):
+        fake.send(proto.STDOUT, session, b"y" * proto.MAX_PAYLOAD)
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(process.wait(), 5)
