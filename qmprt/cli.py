@@ -51,8 +51,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config, state_dir=args.state_dir, run_dir=args.run_dir, socket=args.socket)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.runtime.log_level.upper())
-    asyncio.run(serve(cfg))
+    asyncio.run(serve(cfg, streaming=_streaming_server))
     return 0
+
+
+def _streaming_server(cfg: config_module.Config, runtime: Any) -> Any:
+    """The Exec/Attach/PortForward server beside the CRI socket (the runtime is the pod layer's)."""
+    from qmprt.streaming.server import StreamingServer
+
+    return StreamingServer(cfg.streaming, runtime)
 
 
 def _ctl(handler: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -157,6 +157,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    """The streaming server of Exec, Attach and PortForward (``qmprt.streaming``)."""
+
+    address: str = "127.0.0.1:0"  # loopback and a free port: kubelet on this node dials the URL
+    cert_file: str = ""  # TLS when set (PEM); key_file may be in the same file
+    key_file: str = ""
+    token_ttl_seconds: float = 60.0  # how long a URL waits for its client (containerd's too)
+
+    def validate(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise InvalidArgument(f"streaming.address {self.address!r} must be host:port, e.g. 127.0.0.1:0")
+        if self.key_file and not self.cert_file:
+            raise InvalidArgument("streaming.key_file is set without streaming.cert_file")
+        for name in ("cert_file", "key_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise InvalidArgument(f"streaming.{name} {path!r} is not a file")
+        if not 0 < self.token_ttl_seconds <= 3600:
+            raise InvalidArgument("streaming.token_ttl_seconds must be in (0, 3600]")
+
+
+@dataclass(frozen=True)
 class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     vm: VMDefaults = field(default_factory=VMDefaults)
@@ -164,9 +187,10 @@ class Config:
     cni: CNIConfig = field(default_factory=CNIConfig)
     image: dict[str, Any] = field(default_factory=dict)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     def validate(self) -> None:
-        for table in (self.runtime, self.vm, self.cgroups, self.cni, self.metrics):
+        for table in (self.runtime, self.vm, self.cgroups, self.cni, self.metrics, self.streaming):
             table.validate()
 
 
@@ -203,6 +227,7 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: str) -> Config
             raise InvalidArgument(f"config file {path}: {err}") from err
     tables: dict[str, type[Any]] = {
         "runtime": RuntimeConfig, "vm": VMDefaults, "cgroups": CgroupsConfig, "cni": CNIConfig, "metrics": MetricsConfig,
+        "streaming": StreamingConfig,
     }
     unknown = sorted(set(document) - set(tables) - {"image"})
     if unknown:

@@ -17,6 +17,7 @@ from qmprt.pod.events import Subscription
 from qmprt.pod.metrics import SandboxMetricsInfo
 from qmprt.pod.specs import ContainerSpec, Resources, SandboxSpec
 from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.pod.streams import StreamRequest
 from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, RuntimeHealth, SandboxInfo, SandboxStatsInfo
 from qmprt.vm.agent import ExecResult
 
@@ -96,8 +97,24 @@ class RuntimeBackend(Protocol):
     def image_in_use(self, digest: str) -> bool: ...
 
 
-class Handlers:
-    """Base of the per-area servicer mixins that ``server.RuntimeService`` combines."""
+class StreamURLs(Protocol):
+    """The streaming server, as Exec, Attach and PortForward use it: a request in, its URL out."""
 
-    def __init__(self, runtime: RuntimeBackend) -> None:
+    def url(self, request: StreamRequest) -> str: ...
+
+
+class StreamingService(StreamURLs, Protocol):
+    """The streaming server as ``serve`` runs it beside the CRI socket."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Handlers:
+    """Base of the per-area servicer mixins that ``server.RuntimeService`` combines; ``streams`` is
+    None when no streaming server runs (Exec, Attach and PortForward then say so)."""
+
+    def __init__(self, runtime: RuntimeBackend, streams: StreamURLs | None = None) -> None:
         self.runtime = runtime
+        self.streams = streams

@@ -27,7 +27,7 @@ from grpc import aio
 
 from qmprt import state, telemetry
 from qmprt.config import Config
-from qmprt.cri.backend import RuntimeBackend
+from qmprt.cri.backend import RuntimeBackend, StreamingService, StreamURLs
 from qmprt.cri.container import ContainerHandlers
 from qmprt.cri.errors import ErrorInterceptor
 from qmprt.cri.events import EventHandlers
@@ -134,7 +134,7 @@ class SocketClaim:
 class CRIServer:
     """A gRPC server for one runtime on one claimed socket."""
 
-    def __init__(self, runtime: RuntimeBackend, claim: SocketClaim) -> None:
+    def __init__(self, runtime: RuntimeBackend, claim: SocketClaim, streams: StreamURLs | None = None) -> None:
         self.runtime = runtime
         self.claim = claim
         self._server = aio.server(
@@ -146,7 +146,7 @@ class CRIServer:
         )
         register_runtime = api_pb2_grpc.add_RuntimeServiceServicer_to_server
         register_images = api_pb2_grpc.add_ImageServiceServicer_to_server
-        register_runtime(RuntimeService(runtime), self._server)  # type: ignore[no-untyped-call]
+        register_runtime(RuntimeService(runtime, streams), self._server)  # type: ignore[no-untyped-call]
         register_images(ImageService(runtime), self._server)  # type: ignore[no-untyped-call]
 
     @property
@@ -180,6 +180,7 @@ async def serve(
     *,
     opener: Callable[[Config], Awaitable[RuntimeBackend]] = open_runtime,
     ready: Callable[[CRIServer], None] | None = None,
+    streaming: Callable[[Config, RuntimeBackend], StreamingService] | None = None,
 ) -> None:
     """Open the runtime, serve until SIGTERM/SIGINT, then shut down in stages (VMs keep running).
 
@@ -192,7 +193,15 @@ async def serve(
     except BaseException:
         claim.release()
         raise
-    server = CRIServer(runtime, claim)
+    streams = streaming(config, runtime) if streaming is not None else None
+    try:
+        if streams is not None:
+            await streams.start()
+    except BaseException:
+        claim.release()
+        await runtime.close()
+        raise
+    server = CRIServer(runtime, claim, streams)
     endpoint = _metrics_endpoint(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,6 +218,8 @@ async def serve(
             loop.remove_signal_handler(signum)
         try:
             await server.stop()
+            if streams is not None:
+                await streams.stop()  # open streams end; their VMs go on
         finally:
             if endpoint is not None:
                 endpoint.close()

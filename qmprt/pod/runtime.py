@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from qmprt import cgroups, state, telemetry
 from qmprt.config import Config
 from qmprt.errors import InvalidArgument, NotFound
-from qmprt.pod import planning, recovery, running
+from qmprt.pod import planning, recovery, running, streams
 from qmprt.pod import resources as live_resources
 from qmprt.pod.containers import Containers
 from qmprt.pod.events import Subscription
@@ -180,6 +180,17 @@ class Runtime:
         if not argv:
             raise InvalidArgument("exec needs a command")
         return await running.exec_sync(self.registry.container(container_id), argv, timeout_s)
+
+    async def open_exec(self, request: streams.ExecStream) -> streams.StreamProcess:
+        container = self.registry.container(request.container_id)
+        return await streams.open_exec(container, request.argv, tty=request.tty, stdin=request.stdin)
+
+    async def open_attach(self, request: streams.AttachStream) -> streams.StreamProcess:
+        return await streams.open_attach(self.registry.container(request.container_id), stdin=request.stdin)
+
+    async def open_port(self, sandbox_id: str, port: int) -> streams.ByteStream:
+        sandbox = self.registry.sandbox(sandbox_id)
+        return await streams.open_port(sandbox, self.registry.containers_of(sandbox.id), port)
 
     async def reopen_log(self, container_id: str) -> None:
         running.reopen_log(self.registry.container(container_id))

@@ -342,6 +342,17 @@ class ExecChannel:
                 session.started.set_result(0)
         session.end(exit_code=code)
 
+    def guest_port_changed(self, is_open: bool) -> None:
+        """QEMU saw the guest open or close its end of the port (``VSERPORT_CHANGE``): a helper that
+        died or restarted. The sessions it held are over; the next call greets whoever opens the
+        port next (the host's connection to QEMU stays)."""
+        log.info("exec helper port on %s %s by the guest", self.socket_path, "opened" if is_open else "closed")
+        self._ready = False
+        self._failure = "no-answer"
+        for session in list(self._sessions.values()):
+            session.end(lost=True)
+        self._sessions.clear()
+
     def _lost(self) -> None:
         self._ready = False
         self._writer_closing()

@@ -31,9 +31,10 @@ from qmprt import state
 from qmprt.osutil import listening_unix_socket
 from qmprt.errors import FailedPrecondition, Unavailable, VMError
 from qmprt.vm.agent import GuestAgent
+from qmprt.vm.attach import ConsoleInput, ConsoleTaps
 from qmprt.vm.guest_exec import ExecChannel
 from qmprt.vm.console import RAW_KEEP_BYTES, ConsolePump, CRILogWriter, MarkerWaiters
-from qmprt.vm.monitor import Monitor, cancel_and_wait
+from qmprt.vm.monitor import Monitor, MonitorEvent, cancel_and_wait
 from qmprt.vm.numa import check_host
 from qmprt.vm.pinning import PinReport, parse_cpuset, pin_threads
 from qmprt.vm.config import ShutdownStep, StartTimings, VMConfig, VMState, VMStatus
@@ -69,6 +70,10 @@ class VM:
         self.vm_id = config.vm_id
         self.state_dir = state_dir
         self.run_dir = run_dir
+        # The listening sockets qmprt makes for QEMU (fds passed in), by their purpose.
+        self.qmp_socket, self.qmp_shell_socket, self.qga_socket, self.exec_socket, self.console_socket = (
+            run_dir / name for name in ("qmp.sock", "qmp-shell.sock", "qga.sock", "exec.sock", "console.sock")
+        )
         self._status = status
         self.cgroup = cgroup
         self.monitor: Monitor | None = None
@@ -82,31 +87,13 @@ class VM:
         self._after_exit_task: asyncio.Task[None] | None = None  # kept: a task nobody holds can vanish
         self._exit_task: asyncio.Task[None] | None = None
         self.timings = StartTimings()
+        self.console_taps = ConsoleTaps()  # attachers' output; console_input: their shared keyboard
+        self.console_input = ConsoleInput(str(self.console_socket))
         self.console = ConsolePump(
-            self.console_raw, state_dir / files.CONSOLE_OFFSET, log_writer, self._console_waiters.feed
+            self.console_raw, state_dir / files.CONSOLE_OFFSET, log_writer, self._on_console_data
         )
 
     # -- paths ---------------------------------------------------------------------------------------
-    @property
-    def qmp_socket(self) -> Path:
-        return self.run_dir / "qmp.sock"
-
-    @property
-    def qmp_shell_socket(self) -> Path:
-        return self.run_dir / "qmp-shell.sock"
-
-    @property
-    def qga_socket(self) -> Path:
-        return self.run_dir / "qga.sock"
-
-    @property
-    def exec_socket(self) -> Path:
-        return self.run_dir / "exec.sock"
-
-    @property
-    def console_socket(self) -> Path:
-        return self.run_dir / "console.sock"
-
     @property
     def console_raw(self) -> Path:
         return self.state_dir / files.CONSOLE_RAW
@@ -210,7 +197,7 @@ class VM:
             raise VMError(f"QEMU exited during start-up: {self.status.message}")
         self.monitor = monitor
         self._events_task = asyncio.get_running_loop().create_task(
-            self._status.follow(monitor), name=f"events:{self.vm_id}"
+            self._status.follow(monitor, self._on_event), name=f"events:{self.vm_id}"
         )
         if first_start or self.status.state == VMState.STARTING:
             self._status.transition(VMState.RUNNING)
@@ -264,6 +251,7 @@ class VM:
         await self.guest_exec.close()
         await self.console.stop()
         self._console_waiters.vm_exited()
+        self.console_taps.end()
         self._process.unwatch()
         self._process.remove_cgroup()
         for callback in self._exit_callbacks:
@@ -277,6 +265,14 @@ class VM:
         return self.status
 
     # -- console -----------------------------------------------------------------------------------
+    def _on_event(self, event: MonitorEvent) -> None:
+        if event.name == "VSERPORT_CHANGE" and event.data.get("id") == "exec-port":
+            self.guest_exec.guest_port_changed(bool(event.data.get("open")))
+
+    def _on_console_data(self, data: bytes) -> None:
+        self._console_waiters.feed(data)
+        self.console_taps.feed(data)
+
     async def wait_for_console(self, marker: str, timeout: float) -> None:
         """Wait until ``marker`` appears on the serial console (from now, or in the raw log's last
         ``RAW_KEEP_BYTES``: older bytes are punched out, and a backlog not yet copied reaches the waiter

@@ -29,6 +29,7 @@ WATCHED_EVENTS = (
     "GUEST_CRASHLOADED",
     "BALLOON_CHANGE",
     "DEVICE_DELETED",
+    "VSERPORT_CHANGE",  # the guest opened or closed a virtio-serial port (the exec helper's)
 )
 
 

@@ -102,11 +102,14 @@ class StatusRecord:
             paused = event.name == "STOP"
             self._update(lambda s: dataclasses.replace(s, paused=paused))
 
-    async def follow(self, monitor: Monitor) -> None:
-        """Record ``monitor``'s events until its stream ends (QEMU went away) or this is cancelled."""
+    async def follow(self, monitor: Monitor, also: Callable[[MonitorEvent], None] | None = None) -> None:
+        """Record ``monitor``'s events until its stream ends (QEMU went away) or this is cancelled;
+        ``also`` sees each after it is recorded."""
         try:
             async for event in monitor.events():
                 self.record_event(event)
+                if also is not None:
+                    also(event)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # the stream ends when QEMU goes away

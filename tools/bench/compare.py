@@ -21,6 +21,9 @@ Then parallel start and density: --density counts of VM pods started at once thr
 the guest RAM it touched, and the p50/p99 of kubelet's relist (ListPodSandbox + ListContainers + one
 ContainerStatus per container) over --relists rounds.
 
+Last, streams (see streams.py): ExecSync and streaming Exec round trips, Exec stdout MiB/s and
+PortForward MiB/s, beside containerd+runc and direct TCP.
+
 Then the pod network (see network.py): start cost without network and in each wiring mode on a private
 node namespace, when the guest answers a ping, and node -> guest TCP throughput.
 
@@ -66,6 +69,8 @@ from floor import Floor
 from libvirt import Libvirt
 from network import measure as measure_network
 from network import table_lines as network_table_lines
+from streams import measure as measure_streams
+from streams import table_lines as streams_table_lines
 
 from qmprt import cgroups
 from qmprt.cloudinit import SeedSpec, write_nocloud_iso
@@ -277,6 +282,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             report["errors"]["network"] = error_text(err)
             print(f"bench: network: {error_text(err)}", flush=True)
+    if "streams" in args.skip:
+        report["errors"]["streams"] = "skipped (--skip)"
+    else:
+        print("bench: streams", flush=True)
+        try:
+            report["streams"] = measure_streams(args.execs, args.transfer_mib)
+        except Exception as err:  # noqa: BLE001
+            report["errors"]["streams"] = error_text(err)
+            print(f"bench: streams: {error_text(err)}", flush=True)
     report["ratios"] = ratios(report["start"])
     report["load_average_end"] = list(os.getloadavg())
     report["wall_s"] = time.monotonic() - began
@@ -369,6 +383,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append("  overhead = a QEMU's RSS minus the guest RAM it touched (smaps of the guest-RAM mapping); median and max over the VMs")
     if report.get("network"):
         lines += ["", *network_table_lines(report["network"])]
+    if report.get("streams"):
+        lines += ["", *streams_table_lines(report["streams"])]
     if errors:
         lines += ["", "Not measured:"]
         lines += [f"  {name}: {text}" for name, text in errors.items()]
@@ -385,7 +401,8 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=10, help="runs of each start path (default 10)")
     parser.add_argument("--density", default="1,5,10,20", help="VM pod counts started at once (default 1,5,10,20)")
     parser.add_argument("--relists", type=int, default=200, help="relist rounds per density step (default 200)")
-    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd, network")
+    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd, network, streams")
+    parser.add_argument("--execs", type=int, default=50, help="exec round trips per runtime in the streams section (default 50)")
     parser.add_argument("--transfer-mib", type=int, default=64, help="MiB per node -> guest TCP transfer (default 64)")
     parser.add_argument("--json", help="where to write the figures (default bench-results/bench-<date>.json)")
     args = parser.parse_args()

@@ -367,8 +367,9 @@ def test_serve_takes_its_paths_from_flags(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     seen: list[Any] = []
 
-    async def fake_serve(config: Any) -> None:
+    async def fake_serve(config: Any, *, streaming: Any = None) -> None:
         seen.append(config)
+        assert streaming is not None  # serve runs the streaming server beside the socket
 
     monkeypatch.setattr(server, "serve", fake_serve)
     monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # serve sets it from config

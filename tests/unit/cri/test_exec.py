@@ -1,12 +1,19 @@
-"""ExecSync through the runtime; Exec/Attach/PortForward validated, then UNIMPLEMENTED (no streaming yet)."""
+"""ExecSync through the runtime; Exec/Attach/PortForward validated, then answered with the streaming
+server's URL (UNIMPLEMENTED when none runs)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
+from cri_api.v1 import api_pb2_grpc
+from grpc import aio
 
 from qmprt import errors
+from qmprt.cri.server import CRIServer, SocketClaim
+from qmprt.pod.streams import AttachStream, ExecStream, PortForwardStream
 from qmprt.vm.agent import ExecResult
 
 from .conftest import Client, create_container, run_pod, status_of
@@ -110,3 +117,42 @@ async def test_exec_into_stopped_container_is_a_failed_precondition(client: Clie
 async def test_port_forward_to_unknown_sandbox_is_not_found(client: Client) -> None:
     code, _ = await status_of(client.runtime.PortForward(cri.PortForwardRequest(pod_sandbox_id="nope", port=[80])))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+class RecordingStreams:
+    """A streaming server's URL minter that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.requests: list[object] = []
+
+    def url(self, request: object) -> str:
+        self.requests.append(request)
+        return f"http://127.0.0.1:1/x/{len(self.requests)}"
+
+
+async def test_valid_streaming_calls_answer_the_streaming_servers_url(fake: FakeRuntime, tmp_path: Path) -> None:
+    streams = RecordingStreams()
+    server = CRIServer(fake, SocketClaim(str(tmp_path / "s.sock")), streams)
+    await server.start()
+    channel = aio.insecure_channel(server.address)
+    try:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        client = Client(stub, api_pb2_grpc.ImageServiceStub(channel), channel, server.address)
+        container_id = await _running(client, fake)
+        pod_id = fake.containers[container_id].sandbox_id
+        short = container_id[:12]  # a unique prefix names the container; the URL holds its full id
+        answer = await stub.Exec(cri.ExecRequest(container_id=short, cmd=["sh", "-c", "x"], tty=True, stdin=True, stdout=True))
+        assert answer.url == "http://127.0.0.1:1/x/1"
+        assert streams.requests[0] == ExecStream(container_id, ("sh", "-c", "x"), True, True, True, False)
+        attached = await stub.Attach(cri.AttachRequest(container_id=container_id, stdout=True, stderr=True))
+        assert attached.url.endswith("/2") and streams.requests[1] == AttachStream(container_id, False, False, True, True)
+        forwarded = await stub.PortForward(cri.PortForwardRequest(pod_sandbox_id=pod_id, port=[80, 443]))
+        assert forwarded.url.endswith("/3") and streams.requests[2] == PortForwardStream(pod_id, (80, 443))
+        # Bad requests still fail before a URL is made.
+        code, _ = await status_of(stub.Exec(cri.ExecRequest(container_id=container_id, cmd=["a\x00b"], stdout=True)))
+        code_ports, _ = await status_of(stub.PortForward(cri.PortForwardRequest(pod_sandbox_id=pod_id, port=[1] * 65)))
+        assert (code, code_ports) == (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT)
+        assert len(streams.requests) == 3
+    finally:
+        await channel.close()
+        await server.stop(grace=0)
