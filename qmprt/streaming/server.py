@@ -141,6 +141,14 @@ class StreamingServer:
         async def connect(port: int) -> ByteStream:
             return await self.backend.open_port(pending.sandbox_id, port)
 
+        if upgrade == "websocket" and spdy_streams.TUNNELED_PORT_FORWARD in _offered(request):
+            ws = await websocket.prepare(request, (spdy_streams.TUNNELED_PORT_FORWARD,))
+            tunnel = spdy_streams.WebSocketTunnel(ws)
+            try:
+                await spdy_streams.port_forward(tunnel.upgraded(), pending.ports, connect)
+            finally:
+                await tunnel.close()
+            return ws
         if upgrade == "websocket":
             ports = _query_ports(request) or pending.ports
             if not ports:
@@ -156,6 +164,10 @@ class StreamingServer:
         finally:
             await session.close()
         return session.response
+
+
+def _offered(request: web.Request) -> set[str]:
+    return {name.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", []) for name in value.split(",")}
 
 
 def _query_ports(request: web.Request) -> tuple[int, ...]:

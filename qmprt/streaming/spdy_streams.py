@@ -9,6 +9,10 @@ one stream per purpose, named by its ``streamtype`` header:
   ``stderr`` (not with a tty), ``resize`` (v3+, JSON terminal sizes back to back);
 - port-forward (``portforward.k8s.io``): per forwarded connection an ``error`` and a ``data`` stream
   with the same ``requestid`` header and the ``port`` header.
+
+kubectl and crictl also tunnel the same SPDY port-forward through a WebSocket (subprotocol
+``SPDY/3.1+portforward.k8s.io``): SPDY's bytes in binary messages, no channel byte
+(``WebSocketTunnel``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from qmprt.errors import QmprtError
 from qmprt.pod.streams import AttachStream, ByteStream, ExecStream
@@ -73,6 +78,54 @@ async def upgrade(request: web.Request, protocols: Sequence[str]) -> UpgradedSes
     return UpgradedSession(session, response, chosen)
 
 
+TUNNELED_PORT_FORWARD = "SPDY/3.1+portforward.k8s.io"
+TUNNEL_QUEUE_FRAMES = 64
+
+
+class WebSocketTunnel:
+    """A SPDY session whose bytes travel in a WebSocket's binary messages."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self._out: asyncio.Queue[bytes] = asyncio.Queue()
+        self._sent = asyncio.Event()
+        self.session = SpdySession(self._out.put_nowait, drain=self._drain)
+        self._tasks = [asyncio.ensure_future(self._send()), asyncio.ensure_future(self._receive())]
+
+    def upgraded(self) -> UpgradedSession:
+        return UpgradedSession(self.session, self.ws, "portforward.k8s.io")
+
+    async def _drain(self) -> None:
+        while self._out.qsize() > TUNNEL_QUEUE_FRAMES:
+            self._sent.clear()
+            await self._sent.wait()
+
+    async def _send(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await self.ws.send_bytes(await self._out.get())
+                self._sent.set()
+
+    async def _receive(self) -> None:
+        try:
+            async for message in self.ws:
+                if message.type == WSMsgType.BINARY and self.session.receive(bytes(message.data)):
+                    break
+        finally:
+            self.session.connection_lost()
+
+    async def close(self) -> None:
+        await self.session.close()
+        for _ in range(100):  # GOAWAY and the last frames out, briefly
+            if self._out.empty():
+                break
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ws.close()
+
+
 def expected_streams(protocol: str, request: ExecStream | AttachStream) -> set[str]:
     wanted = {"error"}
     wanted |= {"stdin"} if request.stdin else set()
@@ -117,20 +170,21 @@ class RemoteCommandIO:
         if "resize" in self.streams:
             readers.append(asyncio.ensure_future(self._read_resizes(queue)))
         closed = asyncio.ensure_future(self.upgraded.session.wait_closed())
+        getter: asyncio.Future[Input | None] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
                 if not getter.done():
-                    getter.cancel()
                     return  # the client is gone
                 event = getter.result()
                 if event is not None:
                     yield event
         finally:
-            for task in (*readers, closed):
+            tasks: list[asyncio.Future[Any]] = [*readers, closed, *([getter] if getter is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*readers, closed, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read_stdin(self, queue: asyncio.Queue[Input | None]) -> None:
         stream = self.streams["stdin"]

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import struct
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from qmprt.config import StreamingConfig
+from qmprt.errors import InvalidArgument
 from qmprt.pod.streams import AttachStream, ExecStream, PortForwardStream
 from qmprt.streaming import tokens
 from qmprt.streaming.server import StreamingServer
@@ -172,3 +177,33 @@ async def test_many_streams_at_once(server: StreamingServer) -> None:
 
     results = await asyncio.gather(*(one(index) for index in range(100)))
     assert results == [str(index).encode() for index in range(100)]
+
+
+async def test_tls_when_a_certificate_is_configured(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    streaming = StreamingServer(StreamingConfig(cert_file=str(cert), key_file=str(key)), FakeStreamBackend())
+    await streaming.start()
+    try:
+        url = streaming.url(ExecStream("c1", ("exit", "0")))
+        assert url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(url.replace("https", "wss", 1), protocols=("v5.channel.k8s.io",), ssl=trusted)
+            _, status = await collect(ws)
+            assert status["status"] == "Success"
+            with pytest.raises(aiohttp.ClientConnectorError):  # an untrusted certificate is refused by the client
+                await session.get(streaming.url(ExecStream("c1", ("exit", "0"))))
+    finally:
+        await streaming.stop()
+
+
+def test_streaming_config_is_checked() -> None:
+    for bad, message in (({"address": "nowhere"}, "host:port"), ({"key_file": "/k"}, "without"),
+                         ({"cert_file": "/nonexistent/c.pem"}, "not a file"), ({"token_ttl_seconds": 0.0}, "ttl")):
+        with pytest.raises(InvalidArgument, match=message):
+            StreamingConfig(**bad).validate()  # type: ignore[arg-type]

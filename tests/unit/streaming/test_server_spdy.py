@@ -7,10 +7,12 @@ import asyncio
 import json
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from qmprt.pod.streams import ExecStream, PortForwardStream
 from qmprt.streaming.server import StreamingServer
+from qmprt.streaming.spdy import SpdySession
 from tests.spdy_client import SpdyClient, UpgradeRefused
 
 from .fakes import FakeStreamBackend
@@ -105,3 +107,36 @@ async def test_port_forward_pairs(server: StreamingServer) -> None:
         error = await client.open_stream({"streamType": "error", "port": "1", "requestID": "2"}, fin=True)
         await client.open_stream({"streamType": "data", "port": "1", "requestID": "2"})
         assert b"nothing listens on port 1" in await client.read_all(error)
+
+
+async def test_port_forward_tunneled_through_a_websocket(server: StreamingServer) -> None:
+    """kubectl's and crictl's WebSocket port-forward: SPDY frames inside binary WebSocket messages."""
+    url = server.url(PortForwardStream("p1", (8080,)))
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url.replace("http", "ws", 1), protocols=("SPDY/3.1+portforward.k8s.io",))
+        assert ws.protocol == "SPDY/3.1+portforward.k8s.io"
+        outgoing: asyncio.Queue[bytes] = asyncio.Queue()
+        client = SpdySession(outgoing.put_nowait, client=True, peer_flow_control=False)
+
+        async def pump_out() -> None:
+            while True:
+                await ws.send_bytes(await outgoing.get())
+
+        async def pump_in() -> None:
+            async for message in ws:
+                client.receive(bytes(message.data))
+            client.connection_lost()
+
+        pumps = [asyncio.ensure_future(pump_out()), asyncio.ensure_future(pump_in())]
+        try:
+            error = await client.open_stream({"streamtype": "error", "port": "8080", "requestid": "0"}, fin=True)
+            data = await client.open_stream({"streamtype": "data", "port": "8080", "requestid": "0"})
+            await data.write(b"tunneled")
+            await data.close()
+            assert await SpdyClient.read_all(data) == b"TUNNELED"
+            assert await SpdyClient.read_all(error) == b""
+        finally:
+            await ws.close()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
