@@ -97,6 +97,7 @@ class SeedSpec:
     sysctls: Mapping[str, str] = field(default_factory=lambda: _EMPTY_ENV)  # applied at every boot
     working_dir: str = ""  # where the command runs
     power_off_after_command: bool = False  # the command is a job: its end powers the guest off
+    command_stdin: str = ""  # "tty" or "stream": the command reads the serial console (an attach types there)
     exec_helper: bytes | None = None  # qmprt-exec's binary: written and started unless one runs
 
 
@@ -125,10 +126,21 @@ def render_environment(env: Mapping[str, str]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
+CONSOLE_STDIN = (
+    # The serial console (ttyS0 on q35 and microvm; the kernel's console device otherwise).
+    'console=/dev/ttyS0; [ -c "$console" ] || console=/dev/console',
+)
+
+
 def render_command_script(
-    command: tuple[str, ...], working_dir: str = "", power_off_after: bool = False
+    command: tuple[str, ...], working_dir: str = "", power_off_after: bool = False, stdin: str = ""
 ) -> bytes:
     """The script that runs ``command`` with the environment file exported, in ``working_dir``.
+
+    ``stdin`` "tty" or "stream" (a container with stdin, with or without a tty): the command reads
+    the serial console, which is what an attach writes to. A "stream" is a raw line (no echo, no
+    CR/NL translation), so what the attacher sends and reads is the command's bytes, as with a
+    pipe; a "tty" keeps the terminal's line discipline.
 
     With ``power_off_after`` the command is a job: when it ends the script prints
     ``COMMAND_EXIT_MARKER`` and its status on the console and powers the guest off, and qmprt
@@ -152,6 +164,12 @@ def render_command_script(
             raise ValueError(f"working directory {working_dir!r} must be an absolute path on one line")
         _check_no_nul(working_dir, "working directory")
         lines.append(f"cd {_sh_quote(working_dir)} || exit 1")
+    if stdin in ("tty", "stream"):
+        lines += [*CONSOLE_STDIN, 'exec < "$console"']
+        if stdin == "stream":
+            lines.append('stty raw -echo < "$console" 2>/dev/null')
+    elif stdin:
+        raise ValueError(f"stdin {stdin!r} must be tty, stream or empty")
     if power_off_after:
         # The marker starts a line of its own even after output without a final newline.
         lines += [argv, "status=$?", f"printf '\\n{COMMAND_EXIT_MARKER}%s\\n' \"$status\"", "poweroff"]
@@ -228,7 +246,9 @@ def _seed_files(spec: SeedSpec) -> list[SeedFile]:
         files.append(
             SeedFile(
                 COMMAND_PATH,
-                render_command_script(spec.command, spec.working_dir, spec.power_off_after_command),
+                render_command_script(
+                    spec.command, spec.working_dir, spec.power_off_after_command, spec.command_stdin
+                ),
                 0o700,
             )
         )

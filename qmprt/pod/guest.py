@@ -48,6 +48,7 @@ def seed_spec(
             sysctls=sandbox.sysctls,
             working_dir=container.working_dir,
             power_off_after_command=command_exit == "poweroff",
+            command_stdin=("tty" if container.tty else "stream") if container.stdin else "",
             exec_helper=exec_helper,
         )
     except ValueError as err:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 from cri_api.v1 import api_pb2 as cri
 from kubernetes.client import Configuration
@@ -199,13 +200,25 @@ async def test_exec_over_websocket_with_the_kubernetes_client(node: Node, kubele
     assert output == "over websocket\n" and code == 7
 
 
+def serve_fds(node: Node) -> int:
+    assert node.server.process is not None
+    return psutil.Process(node.server.process.pid).num_fds()
+
+
 async def test_a_dropped_client_ends_the_guest_process(node: Node, kubelet: Kubelet, pods: dict[str, Pod]) -> None:
     pod = pods["tc-redirect"]
+    fds_before = serve_fds(node)
     async with tunneled(node, exec_url(kubelet, pod, "sh", "-c", "echo started; exec sleep 301")) as url:
         client, stdout = await started_sleeper(url)
         assert "sleep 301" in await asyncio.to_thread(guest_processes, kubelet, pod)
+        assert serve_fds(node) > fds_before  # the stream's connection
         await client.close()
         await wait_gone(kubelet, pod, "sleep 301")
+    for _ in range(50):  # and qmprt holds nothing of it any more
+        if serve_fds(node) <= fds_before:
+            break
+        await asyncio.sleep(0.2)
+    assert serve_fds(node) <= fds_before
 
 
 async def test_many_streams_at_once(node: Node, kubelet: Kubelet, pods: dict[str, Pod]) -> None:

@@ -263,6 +263,22 @@ def test_a_job_script_reports_its_status_then_powers_off(tmp_path: Path, code: i
     assert "cd '/tmp' || exit 1" in script and "exec" not in script
 
 
+@pytest.mark.parametrize("stdin", ["stream", "tty"])
+def test_a_command_with_stdin_reads_the_console(tmp_path: Path, stdin: str) -> None:
+    script = render_command_script(("cat",), stdin=stdin).decode()
+    console = tmp_path / "ttyS0"
+    console.write_bytes(b"typed into the console\n")
+    # A regular file stands in for the serial port (stty then fails quietly, as it may).
+    runnable = script.replace(f". {ENVIRONMENT_PATH}", ":").replace("/dev/ttyS0", str(console)).replace("[ -c", "[ -e")
+    (tmp_path / "command.sh").write_text(runnable)
+    result = subprocess.run(["/bin/sh", str(tmp_path / "command.sh")], capture_output=True, check=True)
+    assert result.stdout == b"typed into the console\n"
+    assert ("stty raw -echo" in script) == (stdin == "stream")
+    assert "exec <" not in render_command_script(("cat",)).decode()
+    with pytest.raises(ValueError, match="stdin"):
+        render_command_script(("cat",), stdin="pipe")
+
+
 def test_working_dir_must_be_absolute() -> None:
     with pytest.raises(ValueError, match="working directory"):
         render_command_script(("true",), "relative")
