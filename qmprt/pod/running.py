@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 
 from qmprt.errors import DeadlineExceeded, FailedPrecondition, Unavailable
@@ -18,6 +19,26 @@ from qmprt.vm.machine import VM
 EXEC_OUTPUT_LIMIT = 16 << 20
 
 
+# A guest still booting has not started its exec helper yet: until its VM is this old, an exec waits
+# for the helper (a cloud image starts it late, from cloud-init) before it goes to the guest agent.
+BOOT_GRACE_S = 60.0
+HELPER_PROBE_S = 2.0
+
+
+async def helper_ready(vm: VM, limit: float | None = None) -> bool:
+    """Whether ``vm``'s exec helper answers: at once when it already did; else waiting while the guest
+    may still be starting it (``BOOT_GRACE_S`` after the VM started, at most ``limit`` seconds)."""
+    uptime = time.time() - vm.status.started_at_ns / 1e9
+    patience = max(HELPER_PROBE_S, BOOT_GRACE_S - uptime)
+    deadline = time.monotonic() + (min(patience, limit) if limit else patience)
+    while True:
+        if await vm.guest_exec.available(max(0.1, min(HELPER_PROBE_S, deadline - time.monotonic()))):
+            return True
+        if time.monotonic() >= deadline or vm.status.state != VMState.RUNNING:
+            return False
+        await asyncio.sleep(0.2)
+
+
 def running_vm(container: Container) -> VM:
     if container.status.state != ContainerState.RUNNING or container.vm is None:
         raise FailedPrecondition(f"container {container.id[:12]} is not running")
@@ -29,7 +50,7 @@ async def exec_sync(container: Container, argv: Sequence[str], timeout_s: int) -
     vm = running_vm(container)
     timeout = float(timeout_s) if timeout_s > 0 else None
     try:
-        if await vm.guest_exec.available():
+        if await helper_ready(vm, timeout):
             return await exec_through_helper(vm.guest_exec, argv, timeout)
         return await vm.agent.exec(list(argv), timeout=timeout)
     except (Unavailable, FailedPrecondition) as err:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from qmprt.errors import FailedPrecondition, InvalidArgument, Unavailable
 from qmprt.pod.live import Container, Sandbox
-from qmprt.pod.running import running_vm
+from qmprt.pod.running import helper_ready, running_vm
 from qmprt.pod.states import ContainerState
 from qmprt.vm.agent import GuestAgent
 from qmprt.vm.attach import ConsoleTap
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_STDIN_MAX = 1 << 20  # what a guest-agent exec may be given on stdin (it goes in one QMP message)
-HELPER_PROBE_S = 2.0
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -101,7 +100,7 @@ def exec_env(tty: bool) -> tuple[tuple[str, str], ...]:
 
 async def open_exec(container: Container, argv: Sequence[str], *, tty: bool, stdin: bool) -> StreamProcess:
     vm = running_vm(container)
-    if await vm.guest_exec.available(HELPER_PROBE_S):
+    if await helper_ready(vm):
         return await vm.guest_exec.spawn(argv, env=exec_env(tty), tty=tty, stdin=stdin)
     if tty:
         raise FailedPrecondition(
@@ -274,7 +273,7 @@ async def open_port(sandbox: Sandbox, containers: Sequence[Container], port: int
     for container in containers:
         if container.vm is not None and container.status.state == ContainerState.RUNNING:
             vm = running_vm(container)
-            if await vm.guest_exec.available(HELPER_PROBE_S):
+            if await helper_ready(vm):
                 return await vm.guest_exec.connect_tcp(port)
     raise FailedPrecondition(
         f"pod {sandbox.spec.metadata.name} has no network address and no running container with the "
