@@ -75,7 +75,11 @@ class SpdyClient:
             writer.close()
             raise UpgradeRefused(status, response_headers, body)
         session_class = SpdySession if flow_control else _SpdystreamLikeSession
-        session = session_class(writer.write, drain=writer.drain, client=True, peer_flow_control=flow_control)
+        transport = writer.transport
+        # A server that ignores windows (spdystream) is held back by pausing the socket, not by
+        # resetting the stream, so a fast server's output arrives whole.
+        session = session_class(writer.write, drain=writer.drain, client=True, peer_flow_control=flow_control,
+                                pause_reading=transport.pause_reading, resume_reading=transport.resume_reading)
         client = cls(reader, writer, session, status, response_headers)
         if flow_control:
             session.send(SettingsFrame((Setting(SETTINGS_INITIAL_WINDOW_SIZE, DEFAULT_WINDOW),)))

@@ -128,7 +128,7 @@ def render_environment(env: Mapping[str, str]) -> bytes:
 
 CONSOLE_STDIN = (
     # The serial console (ttyS0 on q35 and microvm; the kernel's console device otherwise).
-    'console=/dev/ttyS0; [ -c "$console" ] || console=/dev/console',
+    '__qmprt_console=/dev/ttyS0; [ -c "$__qmprt_console" ] || __qmprt_console=/dev/console',
 )
 
 
@@ -138,9 +138,9 @@ def render_command_script(
     """The script that runs ``command`` with the environment file exported, in ``working_dir``.
 
     ``stdin`` "tty" or "stream" (a container with stdin, with or without a tty): the command reads
-    the serial console, which is what an attach writes to. A "stream" is a raw line (no echo, no
-    CR/NL translation), so what the attacher sends and reads is the command's bytes, as with a
-    pipe; a "tty" keeps the terminal's line discipline.
+    the serial console, which is what an attach writes to. A "stream" is a pipe from the console
+    set raw (no echo, no CR/NL translation), so what the attacher sends and reads is the command's
+    bytes, as through a container's pipes; a "tty" is the terminal itself.
 
     With ``power_off_after`` the command is a job: when it ends the script prints
     ``COMMAND_EXIT_MARKER`` and its status on the console and powers the guest off, and qmprt
@@ -164,12 +164,22 @@ def render_command_script(
             raise ValueError(f"working directory {working_dir!r} must be an absolute path on one line")
         _check_no_nul(working_dir, "working directory")
         lines.append(f"cd {_sh_quote(working_dir)} || exit 1")
-    if stdin in ("tty", "stream"):
-        lines += [*CONSOLE_STDIN, 'exec < "$console"']
-        if stdin == "stream":
-            lines.append('stty raw -echo < "$console" 2>/dev/null')
-    elif stdin:
+    if stdin not in ("", "tty", "stream"):
         raise ValueError(f"stdin {stdin!r} must be tty, stream or empty")
+    if stdin:
+        lines += list(CONSOLE_STDIN)
+    if stdin == "tty":
+        lines.append('exec < "$__qmprt_console"')
+    elif stdin == "stream":
+        # A pipe from the raw console, as a container runtime gives a command whose stdin is not a
+        # terminal: a shell reading it is not interactive (no prompt, no echo).
+        lines += [
+            'stty raw -echo < "$__qmprt_console" 2>/dev/null',
+            '__qmprt_stdin=/run/qmprt-stdin.fifo; rm -f "$__qmprt_stdin"',
+            'mkfifo -m 0600 "$__qmprt_stdin" || exit 1',
+            'cat < "$__qmprt_console" > "$__qmprt_stdin" &',
+        ]
+        argv = f'{argv} < "$__qmprt_stdin"'
     if power_off_after:
         # The marker starts a line of its own even after output without a final newline.
         lines += [argv, "status=$?", f"printf '\\n{COMMAND_EXIT_MARKER}%s\\n' \"$status\"", "poweroff"]

@@ -181,10 +181,11 @@ async def _nothing() -> tuple[int, list[tuple[str, bytes]]]:
 class ConsoleAttachment:
     """One attacher of a VM's serial console."""
 
-    def __init__(self, vm: VM, tap: ConsoleTap, stdin: bool) -> None:
+    def __init__(self, vm: VM, tap: ConsoleTap, stdin: bool, stdin_once: bool = False) -> None:
         self._vm = vm
         self._tap = tap
         self._holds_input = stdin
+        self._once = stdin and stdin_once
         self._closed = False
 
     @classmethod
@@ -201,7 +202,7 @@ class ConsoleAttachment:
             except BaseException:
                 tap.close()
                 raise
-        return cls(vm, tap, stdin)
+        return cls(vm, tap, stdin, container.record.spec.stdin_once)
 
     async def write(self, data: bytes) -> None:
         if self._holds_input:
@@ -211,6 +212,10 @@ class ConsoleAttachment:
         if self._holds_input:
             self._holds_input = False
             await self._vm.console_input.release()
+        if self._once:
+            # stdin_once: the attacher's end of stdin is the end of this attach (the VM goes on).
+            self._closed = True
+            self._tap.close()
 
     async def resize(self, rows: int, cols: int) -> None:
         return None  # a serial line has no window size to pass on; the guest's stty sets its own

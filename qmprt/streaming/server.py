@@ -100,12 +100,14 @@ class StreamingServer:
         if self._active >= MAX_STREAMS:
             return web.Response(status=503, text=f"{MAX_STREAMS} streams are open; try again later\n")
         self._active += 1
+        log.debug("stream %s (%s) for %s: started", kind, upgrade, _target(pending))
         try:
             if isinstance(pending, PortForwardStream):
                 return await self._port_forward(request, upgrade, pending)
             return await self._remotecommand(request, upgrade, pending)
         finally:
             self._active -= 1
+            log.debug("stream %s for %s: ended", kind, _target(pending))
 
     async def _remotecommand(
         self, request: web.Request, upgrade: str, pending: ExecStream | AttachStream
@@ -164,6 +166,10 @@ class StreamingServer:
         finally:
             await session.close()
         return session.response
+
+
+def _target(pending: StreamRequest) -> str:
+    return (pending.sandbox_id if isinstance(pending, PortForwardStream) else pending.container_id)[:12]
 
 
 def _offered(request: web.Request) -> set[str]:

@@ -269,11 +269,15 @@ def test_a_command_with_stdin_reads_the_console(tmp_path: Path, stdin: str) -> N
     console = tmp_path / "ttyS0"
     console.write_bytes(b"typed into the console\n")
     # A regular file stands in for the serial port (stty then fails quietly, as it may).
-    runnable = script.replace(f". {ENVIRONMENT_PATH}", ":").replace("/dev/ttyS0", str(console)).replace("[ -c", "[ -e")
+    runnable = (
+        script.replace(f". {ENVIRONMENT_PATH}", ":").replace("/dev/ttyS0", str(console)).replace("[ -c", "[ -e")
+        .replace("/run/qmprt-stdin.fifo", str(tmp_path / "stdin.fifo"))
+    )
     (tmp_path / "command.sh").write_text(runnable)
     result = subprocess.run(["/bin/sh", str(tmp_path / "command.sh")], capture_output=True, check=True)
     assert result.stdout == b"typed into the console\n"
     assert ("stty raw -echo" in script) == (stdin == "stream")
+    assert ('cat < "$__qmprt_console" > "$__qmprt_stdin" &' in script) == (stdin == "stream")  # a pipe: a shell on it is not interactive
     assert "exec <" not in render_command_script(("cat",)).decode()
     with pytest.raises(ValueError, match="stdin"):
         render_command_script(("cat",), stdin="pipe")

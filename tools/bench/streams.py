@@ -63,8 +63,9 @@ async def spdy_exec(url: str) -> tuple[int, bytes]:
         stdout = await spdy.open_stream({"streamType": "stdout"}, fin=True)
         stderr = await spdy.open_stream({"streamType": "stderr"}, fin=True)
         out, _ = await asyncio.gather(spdy.read_all(stdout), spdy.read_all(stderr))
-        status = json.loads(await spdy.read_all(error) or b"{}")
-    return (0 if status.get("status") == "Success" else 1), out
+        raw = await spdy.read_all(error)
+    # An empty error stream is success too (containerd writes nothing then; kubectl reads it so).
+    return (0 if not raw or json.loads(raw).get("status") == "Success" else 1), out
 
 
 async def spdy_forward(url: str, size_mib: int) -> float:
