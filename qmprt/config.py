@@ -145,15 +145,19 @@ class CNIConfig:
             raise InvalidArgument("cni.plugin_timeout_seconds must be positive")
 
 
+def _check_host_port(address: str, field: str, example: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"{field} {address!r} must be host:port, e.g. {example}")
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     address: str = "127.0.0.1:9437"  # qmprt's Prometheus endpoint; "" turns it off, port 0 picks one
 
     def validate(self) -> None:
         if self.address:
-            host, _, port = self.address.rpartition(":")
-            if not host or not port.isdigit() or int(port) > 65535:
-                raise InvalidArgument(f"metrics.address {self.address!r} must be host:port, e.g. 127.0.0.1:9437")
+            _check_host_port(self.address, "metrics.address", "127.0.0.1:9437")
 
 
 @dataclass(frozen=True)
@@ -166,9 +170,7 @@ class StreamingConfig:
     token_ttl_seconds: float = 60.0  # how long a URL waits for its client (containerd's too)
 
     def validate(self) -> None:
-        host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise InvalidArgument(f"streaming.address {self.address!r} must be host:port, e.g. 127.0.0.1:0")
+        _check_host_port(self.address, "streaming.address", "127.0.0.1:0")
         if self.key_file and not self.cert_file:
             raise InvalidArgument("streaming.key_file is set without streaming.cert_file")
         for name in ("cert_file", "key_file"):

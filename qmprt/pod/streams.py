@@ -123,7 +123,7 @@ class AgentProcess:
         self._argv = list(argv)
         self._stdin: list[bytes] = []
         self._stdin_bytes = 0
-        self._task: asyncio.Task[tuple[int, list[tuple[str, bytes]]]] | None = None
+        self._task: asyncio.Future[tuple[int, list[tuple[str, bytes]]]] | None = None
         self._output: list[tuple[str, bytes]] | None = None
         self._began = asyncio.Event()
 
@@ -166,16 +166,13 @@ class AgentProcess:
     async def kill(self) -> None:
         # The agent cannot signal what guest-exec started; stop waiting for it.
         if self._task is None:  # the client left before stdin ended: the command never runs
-            self._task = asyncio.get_running_loop().create_task(_nothing(), name="agent-exec-skipped")
+            self._task = asyncio.get_running_loop().create_future()
+            self._task.set_result((137, []))
             self._began.set()
         elif not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-
-
-async def _nothing() -> tuple[int, list[tuple[str, bytes]]]:
-    return 137, []
 
 
 class ConsoleAttachment:
@@ -276,8 +273,8 @@ async def open_port(sandbox: Sandbox, containers: Sequence[Container], port: int
             raise Unavailable(f"pod {sandbox.spec.metadata.name}: cannot connect to {address} port {port}: {err}") from err
         return TCPStream(reader, writer)
     for container in containers:
-        if container.vm is not None and container.status.state == ContainerState.RUNNING:
-            vm = running_vm(container)
+        vm = container.vm
+        if vm is not None and container.status.state == ContainerState.RUNNING:
             if await helper_ready(vm):
                 return await vm.guest_exec.connect_tcp(port)
     raise FailedPrecondition(

@@ -143,8 +143,10 @@ class StreamingServer:
         async def connect(port: int) -> ByteStream:
             return await self.backend.open_port(pending.sandbox_id, port)
 
-        if upgrade == "websocket" and spdy_streams.TUNNELED_PORT_FORWARD in _offered(request):
-            ws = await websocket.prepare(request, (spdy_streams.TUNNELED_PORT_FORWARD,))
+        tunneled = (spdy_streams.TUNNELED_PORT_FORWARD,)
+        offered = request.headers.getall("Sec-WebSocket-Protocol", [])
+        if upgrade == "websocket" and remotecommand.choose_protocol(offered, tunneled):
+            ws = await websocket.prepare(request, tunneled)
             tunnel = spdy_streams.WebSocketTunnel(ws)
             try:
                 await spdy_streams.port_forward(tunnel.upgraded(), pending.ports, connect)
@@ -170,10 +172,6 @@ class StreamingServer:
 
 def _target(pending: StreamRequest) -> str:
     return (pending.sandbox_id if isinstance(pending, PortForwardStream) else pending.container_id)[:12]
-
-
-def _offered(request: web.Request) -> set[str]:
-    return {name.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", []) for name in value.split(",")}
 
 
 def _query_ports(request: web.Request) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from qmprt.errors import QmprtError
 from qmprt.pod.streams import AttachStream, ByteStream, ExecStream
-from qmprt.streaming.remotecommand import V2, V3, V4, Input, parse_resize, splice, status_bytes
+from qmprt.streaming.remotecommand import V2, V3, V4, Input, choose_protocol, parse_resize, splice, status_bytes
 from qmprt.streaming.spdy import SpdySession, SpdyStream, SpdyStreamClosed
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class UpgradedSession:
 async def upgrade(request: web.Request, protocols: Sequence[str]) -> UpgradedSession | web.StreamResponse:
     """Answer 101 and put a SPDY session on the connection, or answer why not."""
     offered = request.headers.getall("X-Stream-Protocol-Version", [])
-    chosen = next((name for name in protocols if name in {p.strip() for o in offered for p in o.split(",")}), None)
+    chosen = choose_protocol(offered, protocols)
     if chosen is None:
         return web.Response(
             status=403, text=f"no common stream protocol: offered {', '.join(offered) or 'none'}; qmprt speaks "

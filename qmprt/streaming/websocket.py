@@ -96,17 +96,21 @@ async def port_forward(
         asyncio.ensure_future(_forward_one(ws, index, port, queues[index], connect)) for index, port in enumerate(ports)
     ]
     # A channel cannot be closed alone (v4): once every port's connection ended, the WebSocket ends.
-    all_done = asyncio.gather(*tasks, return_exceptions=True)
-    all_done.add_done_callback(lambda _: asyncio.ensure_future(ws.close()))
+    closing = asyncio.ensure_future(_close_when_done(ws, tasks))
     try:
         async for message in ws:
             raw = _payload(message)
             if raw and raw[0] % 2 == 0 and raw[0] // 2 < len(queues):
                 await queues[raw[0] // 2].put(raw[1:])
     finally:
-        for task in tasks:
+        for task in (*tasks, closing):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, closing, return_exceptions=True)
+
+
+async def _close_when_done(ws: web.WebSocketResponse, tasks: Sequence[asyncio.Future[None]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await ws.close()
 
 
 async def _forward_one(
