@@ -55,6 +55,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from qmprt.proxy.config import load_proxy_config
+    from qmprt.proxy.server import serve
+
+    if args.config is None:
+        raise InvalidArgument("qmprt proxy needs --config: a TOML file naming its downstreams")
+    asyncio.run(serve(load_proxy_config(args.config, socket=args.socket)))
+    return 0
+
+
 def _streaming_server(cfg: config_module.Config, runtime: Any) -> Any:
     """The Exec/Attach/PortForward server beside the CRI socket (the runtime is the pod layer's)."""
     from qmprt.streaming.server import StreamingServer
@@ -269,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="state root (default from config: /var/lib/qmprt)")
     serve.add_argument("--run-dir", help="runtime directory for VM sockets (default from config: /run/qmprt)")
     serve.set_defaults(func=_cmd_serve)
+
+    proxy = commands.add_parser(
+        "proxy", help="serve CRI v1 in front of qmprt and containerd: VM pods by RuntimeClass handler, the rest to containerd"
+    )
+    proxy.add_argument("--config", help="the proxy's TOML config: its [[downstream]] runtimes")
+    proxy.add_argument("--socket", help="unix socket path (default from config: /run/qmprt/proxy.sock)")
+    proxy.set_defaults(func=_cmd_proxy)
 
     _add_ctl(commands)
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +30,6 @@ ODD_LABELS = {
     "quote\"and'apostrophe": "back\\slash\ttab\nnewline",
     "emoji": "🐧",
 }
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short directory for the socket: pytest's tmp_path can pass the 107-byte unix path limit."""
-    path = Path(tempfile.mkdtemp(prefix="qmprt-u-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 from grpc import aio
 
-from qmprt.cri.server import CRIServer, ImageService, RuntimeService, SocketClaim, serve, socket_path
+from qmprt.cri.server import CRIServer, ImageService, RuntimeService, SocketClaim, serve
+from qmprt.cri.socket import socket_path
 from qmprt.errors import FailedPrecondition, InvalidArgument
 
 from .conftest import Client, status_of
