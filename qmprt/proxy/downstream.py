@@ -57,7 +57,10 @@ class DownstreamClient:
         return getattr(self._images if method in IMAGE_METHODS else self._runtime, method)
 
     def unavailable(self, why: str) -> Unavailable:
-        return Unavailable(f"the {self.name} runtime ({self.downstream.endpoint}) is unavailable: {why}")
+        # gRPC's "failed to connect to all addresses; last error: …: connect failed: … error: No such
+        # file or directory" comes down to its last part.
+        reason = why.rsplit("error: ", 1)[-1].strip() if "connect failed" in why else why
+        return Unavailable(f"the {self.name} runtime is not answering on {self.downstream.endpoint} ({reason})")
 
     async def call(self, method: str, request: Any, timeout: float | None) -> Any:
         """``method`` on this downstream. An unreachable downstream is ``Unavailable`` at once (no

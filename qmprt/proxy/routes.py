@@ -26,6 +26,7 @@ from cri_api.v1 import api_pb2 as cri
 from qmprt.errors import InvalidArgument, NotFound, Unavailable
 from qmprt.proxy.config import ProxyConfig
 from qmprt.proxy.downstream import DownstreamClient, Relayed
+from qmprt.proxy.lastseen import LastSeen
 from qmprt.proxy.owners import Owners, check_id
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ CONTAINER_CALLS = frozenset(
     {"StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus", "UpdateContainerResources",
      "ReopenContainerLog", "ExecSync", "Exec", "Attach", "ContainerStats", "CheckpointContainer"}
 )
+MAX_IMAGE_NAMES = 65536
 IDEMPOTENT_REMOVALS = {"RemovePodSandbox": cri.RemovePodSandboxResponse, "RemoveContainer": cri.RemoveContainerResponse}
 
 
@@ -50,8 +52,9 @@ class Router:
         self.owners = owners
         self.default = clients[config.default]
         self._handlers = config.handler_owners()
-        self._last_lists: dict[tuple[str, str], list[Any]] = {}  # (downstream, kind) → items
+        self.last_seen = LastSeen(owners.directory, tuple(clients))
         self._refresh_lock = asyncio.Lock()
+        self._image_holders: dict[str, set[str]] = {}  # image id, tag or digest → downstreams holding it
 
     # -- choosing ------------------------------------------------------------------------------------
 
@@ -63,8 +66,13 @@ class Router:
         return self.clients[owner]
 
     def for_image(self, spec: cri.ImageSpec) -> DownstreamClient:
+        """By the spec's handler; else the one downstream known to hold the image (kubelet's ImageStatus
+        and RemoveImage name no handler and no pod); else by the name patterns; else the default."""
         if spec.runtime_handler:
             return self.for_handler(spec.runtime_handler)
+        holders = self._image_holders.get(spec.image, set())
+        if len(holders) == 1:
+            return self.clients[next(iter(holders))]
         for downstream in self.config.downstreams:
             if downstream.matches_image(spec.image):
                 return self.clients[downstream.name]
@@ -78,15 +86,23 @@ class Router:
             name = self.owners.owner(kind, identifier) or self.owners.by_prefix(kind, identifier)
         return self.clients[name] if name is not None else None
 
+    def images_held(self, downstream: str, images: Iterable[cri.Image], whole: bool) -> None:
+        """Remember what ``downstream`` holds (its ids, tags and digests); ``whole``: that is all it holds."""
+        if whole:
+            for holders in self._image_holders.values():
+                holders.discard(downstream)
+        for image in images:
+            for name in (image.id, *image.repo_tags, *image.repo_digests):
+                if len(self._image_holders) < MAX_IMAGE_NAMES or name in self._image_holders:
+                    self._image_holders.setdefault(name, set()).add(downstream)
+
     async def pod_owner(self, metadata: cri.PodSandboxMetadata) -> DownstreamClient | None:
         """The downstream running the sandbox of ``metadata`` (its pod's uid and attempt)."""
         if not metadata.uid:
             return None
         for attempt in range(2):
-            for (name, kind), items in self._last_lists.items():
-                if kind == "sandboxes" and any(
-                    item.metadata.uid == metadata.uid and item.metadata.attempt == metadata.attempt for item in items
-                ):
+            for name, item in self.last_seen.all_sandboxes():
+                if item.metadata.uid == metadata.uid and item.metadata.attempt == metadata.attempt:
                     return self.clients[name]
             if attempt == 0:
                 await self.refresh()
@@ -115,11 +131,11 @@ class Router:
 
     async def remember(self, downstream: str, method: str, items: list[Any], started: float) -> None:
         kind = "sandboxes" if method == "ListPodSandbox" else "containers"
-        self._last_lists[(downstream, kind)] = items
+        await self.last_seen.update(downstream, kind, items)
         await self.owners.learn(downstream, kind, [item.id for item in items], started)
 
     def last_list(self, downstream: str, method: str) -> list[Any]:
-        return self._last_lists.get((downstream, "sandboxes" if method == "ListPodSandbox" else "containers"), [])
+        return self.last_seen.items(downstream, "sandboxes" if method == "ListPodSandbox" else "containers")
 
     # -- fanning out --------------------------------------------------------------------------------
 

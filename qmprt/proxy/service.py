@@ -184,7 +184,10 @@ class ProxyService:
             client = await self.router.pod_owner(request.sandbox_config.metadata)
         if client is None:
             client = self.router.for_image(request.image)
-        return await client.call("PullImage", request, _timeout(context))  # type: ignore[no-any-return]
+        answer: cri.PullImageResponse = await client.call("PullImage", request, _timeout(context))
+        pulled = cri.Image(id=answer.image_ref, repo_tags=[request.image.image])
+        self.router.images_held(client.name, [pulled], whole=False)
+        return answer
 
     async def ImageStatus(self, request: cri.ImageStatusRequest, context: Any) -> cri.ImageStatusResponse:
         client = self.router.for_image(request.image)
@@ -195,7 +198,11 @@ class ProxyService:
         return await client.call("RemoveImage", request, _timeout(context))  # type: ignore[no-any-return]
 
     async def ListImages(self, request: cri.ListImagesRequest, context: Any) -> cri.ListImagesResponse:
-        return merge.images(implemented(await self.router.each("ListImages", request, _timeout(context))))
+        answers = await self.router.each("ListImages", request, _timeout(context))
+        for name, answer in answers.items():
+            if not isinstance(answer, Exception):
+                self.router.images_held(name, answer.images, whole=merge.unfiltered(request))
+        return merge.images(implemented(answers))
 
     async def ImageFsInfo(self, request: cri.ImageFsInfoRequest, context: Any) -> cri.ImageFsInfoResponse:
         return merge.image_fs(implemented(await self.router.each("ImageFsInfo", request, _timeout(context))))

@@ -78,6 +78,34 @@ async def test_a_dead_downstream_is_named_and_the_other_keeps_working(proxied: P
     assert code == grpc.StatusCode.OK
 
 
+async def test_a_dead_downstreams_pods_stay_listed_across_a_proxy_restart(proxied: Proxied) -> None:
+    client = proxied.client
+    assert client is not None
+    vm_pod = await run(proxied, "qmprt", "vm-pod", "uid-vm")
+    vm_ctr = await create(proxied, vm_pod, "disk.qcow2")
+    await client.runtime.ListPodSandbox(cri.ListPodSandboxRequest())
+    await client.runtime.ListContainers(cri.ListContainersRequest())
+    await proxied.vm.stop()
+    client = await proxied.restart()
+    listed = await client.runtime.ListPodSandbox(cri.ListPodSandboxRequest())
+    assert [item.id for item in listed.items] == [vm_pod]
+    assert listed.items[0].metadata.name == "vm-pod" and listed.items[0].state == cri.SANDBOX_READY
+    containers = await client.runtime.ListContainers(cri.ListContainersRequest(filter=cri.ContainerFilter(pod_sandbox_id=vm_pod)))
+    assert [item.id for item in containers.containers] == [vm_ctr]
+    code, message = await status_of(client.runtime.ContainerStatus(cri.ContainerStatusRequest(container_id=vm_ctr)))
+    assert code == grpc.StatusCode.UNAVAILABLE and "the vm runtime" in message
+    # Once it is back, its own list is the truth again: a pod removed meanwhile disappears.
+    proxied.vm.fake.containers.clear()
+    proxied.vm.fake.sandboxes.clear()
+    await proxied.vm.start()
+    for _ in range(50):
+        listed = await client.runtime.ListPodSandbox(cri.ListPodSandboxRequest())
+        if not listed.items:
+            break
+        await asyncio.sleep(0.1)
+    assert not listed.items
+
+
 async def test_a_downstream_down_at_start_is_reported_not_ready(proxied: Proxied) -> None:
     await proxied.stop()
     await proxied.ctr.stop()

@@ -184,3 +184,23 @@ def test_every_cri_method_has_a_route() -> None:
     for name in SERVICES:
         for method in api_pb2.DESCRIPTOR.services_by_name[name].methods:
             assert callable(service.handler(method.name)), method.name
+
+
+async def test_image_calls_without_a_handler_go_where_the_image_is(proxied: Proxied) -> None:
+    """kubelet's ImageStatus and RemoveImage name no handler: a VM image pulled for a VM pod is then
+    found in the VM runtime, not asked of the default."""
+    client = proxied.client
+    assert client is not None
+    await run(proxied, "qmprt", "vm-pod", "uid-vm")
+    await client.runtime.ListPodSandbox(cri.ListPodSandboxRequest())
+    await client.images.PullImage(cri.PullImageRequest(
+        image=cri.ImageSpec(image="vendor/appliance:3"), sandbox_config=pod_config(name="vm-pod", uid="uid-vm")
+    ))
+    status = await client.images.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image="vendor/appliance:3")))
+    assert "vendor/appliance:3" in status.image.repo_tags
+    proxied.ctr.fake.images.add("only-in-ctr:1")
+    await client.images.ListImages(cri.ListImagesRequest())
+    status = await client.images.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image="only-in-ctr:1")))
+    assert "only-in-ctr:1" in status.image.repo_tags
+    await client.images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image="vendor/appliance:3")))
+    assert not any("vendor/appliance:3" in record.names for record in proxied.vm.fake.images.list())
