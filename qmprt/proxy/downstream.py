@@ -7,7 +7,9 @@ downstream and its socket, so a person knows which runtime to look at.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_METHODS = frozenset(method.name for method in api_pb2.DESCRIPTOR.services_by_name["ImageService"].methods)
 _CANNOT_REACH = frozenset({grpc.StatusCode.UNAVAILABLE})
+READY_WAIT_S = 1.0
 
 
 class Relayed(Exception):
@@ -69,7 +72,23 @@ class DownstreamClient:
         try:
             return await self._method(method)(request, timeout=timeout, wait_for_ready=False)
         except aio.AioRpcError as err:
+            if not await self._back(err):
+                raise self._error(err) from err
+        try:  # once more, on the channel that just came back
+            return await self._method(method)(request, timeout=timeout, wait_for_ready=False)
+        except aio.AioRpcError as err:
             raise self._error(err) from err
+
+    async def _back(self, err: aio.AioRpcError) -> bool:
+        """A downstream that has just (re)started while the channel waits out its reconnect backoff:
+        its socket is there, so connect now instead of failing kubelet's call."""
+        if err.code() not in _CANNOT_REACH or not os.path.exists(self.downstream.socket):
+            return False
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), READY_WAIT_S)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def stream(self, method: str, request: Any) -> AsyncIterator[Any]:
         call = self._method(method)(request, wait_for_ready=False)

@@ -3,7 +3,7 @@
 - RunPodSandbox: by ``runtime_handler`` (unknown → INVALID_ARGUMENT naming the handlers served).
 - A call about a sandbox or container: to the downstream that owns the id (``Owners``). An id the map
   does not know is looked up in every downstream's list once; still unknown → NOT_FOUND, except
-  RemovePodSandbox and RemoveContainer, which the CRI makes idempotent (OK).
+  the Stop and Remove calls, which the CRI makes idempotent (OK).
 - Images: by ``ImageSpec.runtime_handler`` (PullImage also by its sandbox config's handler, read from
   the sandbox's owner), else by the downstreams' ``image_patterns``, else the default.
 - Lists and stats: every downstream, merged. A downstream that is down contributes the sandboxes and
@@ -40,7 +40,12 @@ CONTAINER_CALLS = frozenset(
      "ReopenContainerLog", "ExecSync", "Exec", "Attach", "ContainerStats", "CheckpointContainer"}
 )
 MAX_IMAGE_NAMES = 65536
-IDEMPOTENT_REMOVALS = {"RemovePodSandbox": cri.RemovePodSandboxResponse, "RemoveContainer": cri.RemoveContainerResponse}
+# The CRI makes these idempotent: an id nobody has is OK, not NOT_FOUND.
+IDEMPOTENT = {
+    "RemovePodSandbox": cri.RemovePodSandboxResponse, "RemoveContainer": cri.RemoveContainerResponse,
+    "StopPodSandbox": cri.StopPodSandboxResponse, "StopContainer": cri.StopContainerResponse,
+}
+REMOVALS = frozenset({"RemovePodSandbox", "RemoveContainer"})
 
 
 class Router:

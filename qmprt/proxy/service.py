@@ -18,7 +18,7 @@ from cri_api.v1 import api_pb2 as cri
 from qmprt import __version__
 from qmprt.proxy import merge
 from qmprt.proxy.downstream import DownstreamClient, Relayed
-from qmprt.proxy.routes import CONTAINER_CALLS, IDEMPOTENT_REMOVALS, SANDBOX_CALLS, Router, implemented, not_found
+from qmprt.proxy.routes import CONTAINER_CALLS, IDEMPOTENT, REMOVALS, SANDBOX_CALLS, Router, implemented, not_found
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,18 @@ class ProxyService:
             identifier = getattr(request, field)
             client = await self.router.owner(kind, identifier, field)
             if client is None:
-                if method in IDEMPOTENT_REMOVALS:
-                    return IDEMPOTENT_REMOVALS[method]()
+                if method in IDEMPOTENT:
+                    return IDEMPOTENT[method]()
                 raise not_found(kind, identifier)
             try:
                 answer = await client.call(method, request, _timeout(context))
             except Relayed as err:
-                if method in IDEMPOTENT_REMOVALS and err.code.name == "NOT_FOUND":
+                if method in REMOVALS and err.code.name == "NOT_FOUND":
                     await self.router.owners.remove(kind, identifier)
                 raise
             if method == "CreateContainer":
                 await self.router.owners.add("containers", answer.container_id, client.name)
-            elif method in IDEMPOTENT_REMOVALS:
+            elif method in REMOVALS:
                 await self.router.owners.remove(kind, identifier)
             return answer
 

@@ -118,6 +118,21 @@ async def test_a_downstream_down_at_start_is_reported_not_ready(proxied: Proxied
     assert vm_pod in proxied.vm.fake.sandboxes
 
 
+async def test_a_runtime_that_starts_after_the_proxy_answers_its_first_call(proxied: Proxied) -> None:
+    """The channel tried the socket before it existed and waits out a reconnect backoff; a call made
+    right after the runtime comes up still reaches it."""
+    await proxied.stop()
+    await proxied.vm.stop()
+    client = await proxied.start()
+    assert proxied.server is not None
+    await proxied.server._refreshing  # its first connection attempt failed
+    await proxied.vm.start()
+    answer = await client.runtime.RunPodSandbox(
+        cri.RunPodSandboxRequest(config=cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="n", uid="u", namespace="d")), runtime_handler="qmprt")
+    )
+    assert answer.pod_sandbox_id in proxied.vm.fake.sandboxes
+
+
 async def test_events_of_both_runtimes_arrive_in_one_stream(proxied: Proxied) -> None:
     client = proxied.client
     assert client is not None

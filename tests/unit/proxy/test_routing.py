@@ -77,9 +77,11 @@ async def test_ids_no_runtime_owns(proxied: Proxied) -> None:
     assert code == grpc.StatusCode.NOT_FOUND and "no runtime behind this proxy" in message
     code, _ = await status_of(client.runtime.ExecSync(cri.ExecSyncRequest(container_id=missing, cmd=["true"])))
     assert code == grpc.StatusCode.NOT_FOUND
-    # The CRI makes removals idempotent.
+    # The CRI makes stops and removals idempotent.
     assert (await status_of(client.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=missing))))[0] == grpc.StatusCode.OK
     assert (await status_of(client.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=missing))))[0] == grpc.StatusCode.OK
+    assert (await status_of(client.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=missing))))[0] == grpc.StatusCode.OK
+    assert (await status_of(client.runtime.StopContainer(cri.StopContainerRequest(container_id=missing))))[0] == grpc.StatusCode.OK
     for hostile in ("", "../../etc/passwd", "a" * 500, "id with space", "\x00"):
         code, message = await status_of(client.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=hostile)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (hostile, message)
