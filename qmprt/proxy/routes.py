@@ -59,6 +59,7 @@ class Router:
         self._handlers = config.handler_owners()
         self.last_seen = LastSeen(owners.directory, tuple(clients))
         self._refresh_lock = asyncio.Lock()
+        self._pods_started: dict[tuple[str, int], str] = {}  # (pod uid, attempt) → downstream, this run
         self._image_holders: dict[str, set[str]] = {}  # image id, tag or digest → downstreams holding it
 
     # -- choosing ------------------------------------------------------------------------------------
@@ -91,6 +92,11 @@ class Router:
             name = self.owners.owner(kind, identifier) or self.owners.by_prefix(kind, identifier)
         return self.clients[name] if name is not None else None
 
+    def pod_started(self, metadata: cri.PodSandboxMetadata, downstream: str) -> None:
+        if len(self._pods_started) >= MAX_IMAGE_NAMES:
+            self._pods_started.clear()  # a cache: the lists answer for older pods
+        self._pods_started[(metadata.uid, metadata.attempt)] = downstream
+
     def images_held(self, downstream: str, images: Iterable[cri.Image], whole: bool) -> None:
         """Remember what ``downstream`` holds (its ids, tags and digests); ``whole``: that is all it holds."""
         if whole:
@@ -105,6 +111,9 @@ class Router:
         """The downstream running the sandbox of ``metadata`` (its pod's uid and attempt)."""
         if not metadata.uid:
             return None
+        started_here = self._pods_started.get((metadata.uid, metadata.attempt))
+        if started_here is not None:
+            return self.clients[started_here]
         for attempt in range(2):
             for name, item in self.last_seen.all_sandboxes():
                 if item.metadata.uid == metadata.uid and item.metadata.attempt == metadata.attempt:

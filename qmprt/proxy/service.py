@@ -79,6 +79,7 @@ class ProxyService:
         client = self.router.for_handler(request.runtime_handler)
         answer: cri.RunPodSandboxResponse = await client.call("RunPodSandbox", request, _timeout(context))
         await self.router.owners.add("sandboxes", answer.pod_sandbox_id, client.name)
+        self.router.pod_started(request.config.metadata, client.name)
         return answer
 
     async def _merged_list(self, method: str, request: Any, context: Any, matches: Any, field: str) -> list[Any]:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,24 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 
 from .guests import ROOT, TinyGuest
+
+
+def wait_for_version(
+    what: str, process: subprocess.Popen[bytes], address: str, timeout: float, tail: Callable[[], str]
+) -> None:
+    """Until the CRI server ``process`` answers Version on ``address``; fail if it exits or is late."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"{what} exited with {process.returncode}:\n{tail()}")
+            try:
+                stub.Version(cri.VersionRequest(), timeout=1)
+                return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise AssertionError(f"{what} did not answer within {timeout} s:\n{tail()}")
 
 
 @contextlib.contextmanager
@@ -93,18 +111,7 @@ url = "file://{tiny.disk}"
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"qmprt serve exited with {self.process.returncode}:\n{self.tail()}")
-                try:
-                    stub.Version(cri.VersionRequest(), timeout=1)
-                    return
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        raise AssertionError(f"qmprt serve did not answer within {timeout} s:\n{self.tail()}")
+        wait_for_version("qmprt serve", self.process, self.address, timeout, self.tail)
 
     def stop(self, timeout: float = 30) -> int:
         assert self.process is not None
@@ -153,3 +160,45 @@ url = "file://{tiny.disk}"
             if "qemu-system" in (process.info["name"] or "") and str(self.state_dir) in cmdline:
                 found.append(process)
         return found
+
+
+class ProxyProcess:
+    """``python -m qmprt.cli proxy --config …`` in front of ``downstreams`` (name → (socket, handlers)),
+    the first being the default; output in a file, stopped by PID."""
+
+    def __init__(self, directory: Path, socket_dir: Path, downstreams: dict[str, tuple[Path, Sequence[str]]]) -> None:
+        self.socket = socket_dir / "proxy.sock"
+        self.state_dir = directory / "proxy-state"
+        self.log = directory / "proxy.log"
+        self.config = directory / "proxy.toml"
+        tables = "".join(
+            f'[[downstream]]\nname = "{name}"\nendpoint = "unix://{socket}"\nhandlers = {list(handlers)!r}\n'.replace("'", '"')
+            for name, (socket, handlers) in downstreams.items()
+        )
+        self.config.write_text(
+            f'[proxy]\nsocket = "{self.socket}"\nstate_dir = "{self.state_dir}"\ndefault = "{next(iter(downstreams))}"\n{tables}'
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 30) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "qmprt.cli", "proxy", "--config", str(self.config)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for_version("qmprt proxy", self.process, self.address, timeout, self.tail)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

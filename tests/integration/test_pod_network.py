@@ -253,6 +253,17 @@ def image_dhcp_variant(server: ServerProcess, tiny: TinyGuest) -> None:
 # -- a kubelet-like client ----------------------------------------------------------------------------
 
 
+def wait_for_log(name: str, log_path: Path, text: str, timeout: float = BOOT_TIMEOUT) -> None:
+    """Until ``text`` is in the container log at ``log_path``; else fail showing its end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path.exists() and text in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    content = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else "(no log)"
+    raise AssertionError(f"{name}: {text!r} not in the log after {timeout} s:\n{content}")
+
+
 @dataclass
 class Pod:
     name: str
@@ -321,13 +332,7 @@ class Kubelet:
         return Pod(name, sandbox_id, container_id, log_dir / "vm" / "0.log", ips)
 
     def wait_ready(self, pod: Pod, text: str = "httpd-up") -> None:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while time.monotonic() < deadline:
-            if pod.log_path.exists() and text in pod.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.2)
-        content = pod.log_path.read_text(errors="replace")[-3000:] if pod.log_path.exists() else "(no log)"
-        raise AssertionError(f"{pod.name}: {text!r} not in the log after {BOOT_TIMEOUT} s:\n{content}")
+        wait_for_log(pod.name, pod.log_path, text)
 
     def exec(self, pod: Pod, *argv: str, timeout: int = 30) -> cri.ExecSyncResponse:
         return self.runtime.ExecSync(cri.ExecSyncRequest(container_id=pod.container_id, cmd=list(argv), timeout=timeout), timeout=timeout + 10)

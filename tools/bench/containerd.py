@@ -33,7 +33,7 @@ from qmprt import cgroups
 BUSYBOX = "bench.qmprt.local/busybox:1"
 PAUSE = "bench.qmprt.local/pause:1"
 READY_LINE = "bench: container ready"
-APPLETS = ("sh", "sleep", "echo", "cat", "true")
+APPLETS = ("sh", "sleep", "echo", "cat", "true", "mkdir", "httpd", "nc", "printf", "hostname", "uname")
 
 NOOP_CNI = """#!/bin/sh
 # A CNI plugin that configures nothing: ADD reports eth0 with a documentation address.
@@ -101,7 +101,7 @@ def overlay_works(directory: Path) -> bool:
     return mounted.returncode == 0
 
 
-def config_toml(directory: Path, snapshotter: str) -> str:
+def config_toml(directory: Path, snapshotter: str, cni_bin: Path, cni_conf: Path) -> str:
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
 root = "{directory / 'root'}"
@@ -134,8 +134,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Root = "{directory / 'runc'}"
         SystemdCgroup = false
   [{cri}.cni]
-    bin_dir = "{directory / 'cni-bin'}"
-    conf_dir = "{directory / 'cni'}"
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
     max_conf_num = 1
 """
 
@@ -157,36 +157,46 @@ def remove_cgroup_tree(name: str) -> None:
 
 
 class Containerd:
-    """A private containerd in ``directory`` and busybox pods through its CRI socket."""
+    """A private containerd in ``directory`` and busybox pods through its CRI socket.
 
-    def __init__(self, directory: Path) -> None:
+    By default its pods get the no-op CNI network; ``cni`` = (plugin dir, config dir) gives it a real
+    one instead (the tests share a node's bridge network with qmprt's VM pods), and ``exec_prefix``
+    runs it in another network namespace (``nsenter --net=… --``).
+    """
+
+    def __init__(self, directory: Path, cni: tuple[Path, Path] | None = None, exec_prefix: tuple[str, ...] = ()) -> None:
         self.directory = directory
         for name in ("root", "state", "runc", "opt", "cni", "cni-bin", "logs"):
             (directory / name).mkdir(parents=True, exist_ok=True)
         self.snapshotter = "overlayfs" if overlay_works(directory) else "native"
         self.socket = directory / "containerd.sock"
         self.config = directory / "config.toml"
-        self.config.write_text(config_toml(directory, self.snapshotter))
-        noop = directory / "cni-bin" / "noop"
-        noop.write_text(NOOP_CNI)
-        noop.chmod(0o755)
-        loopback = next((Path(d) / "loopback" for d in ("/usr/lib/cni", "/opt/cni/bin") if (Path(d) / "loopback").exists()), None)
-        if loopback is not None:
-            shutil.copy(loopback, directory / "cni-bin" / "loopback")
-        (directory / "cni" / "10-noop.conflist").write_text(
-            json.dumps({"cniVersion": "1.0.0", "name": "bench-noop", "plugins": [{"type": "noop"}]})
-        )
-        self.cgroup_parent = f"qmprt-bench-containerd-{os.getpid()}"
+        cni_bin, cni_conf = cni or (directory / "cni-bin", directory / "cni")
+        self.config.write_text(config_toml(directory, self.snapshotter, cni_bin, cni_conf))
+        if cni is None:
+            self._noop_network()
+        self.cgroup_parent = f"qmprt-bench-containerd-{os.getpid()}-{directory.name}"
         self.template = PodTemplate(
             image=BUSYBOX, log_name="busybox.log", namespace_options=True, cgroup_parent="/" + self.cgroup_parent,
             command=("/bin/sh", "-c", f"echo {READY_LINE}; exec sleep 2147483647"),
         )
-        self.daemon = Daemon("containerd", ["containerd", "--config", str(self.config)], directory / "containerd.log")
+        self.daemon = Daemon("containerd", [*exec_prefix, "containerd", "--config", str(self.config)], directory / "containerd.log")
         self.client: Client | None = None
         self.netns_before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
         self.had_run_containerd = os.path.exists("/run/containerd")
         # "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3": the version
         self.version = subprocess.run(["containerd", "--version"], capture_output=True, text=True).stdout.split()[2]
+
+    def _noop_network(self) -> None:
+        noop = self.directory / "cni-bin" / "noop"
+        noop.write_text(NOOP_CNI)
+        noop.chmod(0o755)
+        loopback = next((Path(d) / "loopback" for d in ("/usr/lib/cni", "/opt/cni/bin") if (Path(d) / "loopback").exists()), None)
+        if loopback is not None:
+            shutil.copy(loopback, self.directory / "cni-bin" / "loopback")
+        (self.directory / "cni" / "10-noop.conflist").write_text(
+            json.dumps({"cniVersion": "1.0.0", "name": "bench-noop", "plugins": [{"type": "noop"}]})
+        )
 
     def ctr(self, *args: str) -> str:
         done = subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", *args], capture_output=True, text=True, timeout=120)
