@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything qmprt needs on a Debian 12 machine, as root. Idempotent: a second run only
 # checks. Debian packages, a virtual environment at ./.venv with qmprt in it, and the tiny test guest.
-# --bench also installs what tools/bench/run compares qmprt with (libvirt, containerd); their system
-# services are not started: the benchmark runs its own private instances.
+# containerd and runc are there for the proxy's tests (a VM pod beside a container pod), --bench adds
+# libvirt for the benchmark; their system services are not started: tests and benchmark run private
+# instances.
 set -euo pipefail
 demo=false
 bench=false
@@ -21,8 +22,9 @@ debs=(
   containernetworking-plugins linux-image-cloud-amd64
   extlinux syslinux-common e2fsprogs cpio kmod lz4 xz-utils zstd
   iproute2 procps util-linux python3-venv python3-pip openssl curl debootstrap gcc libc6-dev
+  containerd runc
 )
-bench_debs=(libvirt-daemon-system libvirt-clients containerd runc)
+bench_debs=(libvirt-daemon-system libvirt-clients)
 if $bench; then
   debs+=("${bench_debs[@]}")
 fi
@@ -34,11 +36,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Keep the packages' own daemons (libvirtd, containerd) from starting on install, unless a policy
+  # Keep the packages' own daemons (containerd, libvirtd) from starting on install, unless a policy
   # is already in place.
   policy=/usr/sbin/policy-rc.d
   made_policy=false
-  if $bench && [ ! -e "$policy" ]; then
+  if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy"
     chmod +x "$policy"
     made_policy=true

@@ -21,8 +21,11 @@ Then parallel start and density: --density counts of VM pods started at once thr
 the guest RAM it touched, and the p50/p99 of kubelet's relist (ListPodSandbox + ListContainers + one
 ContainerStatus per container) over --relists rounds.
 
-Last, streams (see streams.py): ExecSync and streaming Exec round trips, Exec stdout MiB/s and
+Then streams (see streams.py): ExecSync and streaming Exec round trips, Exec stdout MiB/s and
 PortForward MiB/s, beside containerd+runc and direct TCP.
+
+Last, qmprt proxy (see proxy.py): what it adds to each RPC (p50/p99) and to a pod start, for a qmprt
+VM pod and a containerd busybox pod behind it.
 
 Then the pod network (see network.py): start cost without network and in each wiring mode on a private
 node namespace, when the guest answers a ping, and node -> guest TCP throughput.
@@ -71,6 +74,8 @@ from network import measure as measure_network
 from network import table_lines as network_table_lines
 from streams import measure as measure_streams
 from streams import table_lines as streams_table_lines
+from proxy import measure as measure_proxy
+from proxy import table_lines as proxy_table_lines
 
 from qmprt import cgroups
 from qmprt.cloudinit import SeedSpec, write_nocloud_iso
@@ -291,6 +296,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             report["errors"]["streams"] = error_text(err)
             print(f"bench: streams: {error_text(err)}", flush=True)
+    if "proxy" in args.skip:
+        report["errors"]["proxy"] = "skipped (--skip)"
+    else:
+        print("bench: proxy", flush=True)
+        try:
+            report["proxy"] = measure_proxy(args.proxy_calls, min(args.pods, 5))
+        except Exception as err:  # noqa: BLE001
+            report["errors"]["proxy"] = error_text(err)
+            print(f"bench: proxy: {error_text(err)}", flush=True)
     report["ratios"] = ratios(report["start"])
     report["load_average_end"] = list(os.getloadavg())
     report["wall_s"] = time.monotonic() - began
@@ -385,6 +399,8 @@ def table(report: dict[str, Any]) -> str:
         lines += ["", *network_table_lines(report["network"])]
     if report.get("streams"):
         lines += ["", *streams_table_lines(report["streams"])]
+    if report.get("proxy"):
+        lines += ["", *proxy_table_lines(report["proxy"])]
     if errors:
         lines += ["", "Not measured:"]
         lines += [f"  {name}: {text}" for name, text in errors.items()]
@@ -401,7 +417,8 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=10, help="runs of each start path (default 10)")
     parser.add_argument("--density", default="1,5,10,20", help="VM pod counts started at once (default 1,5,10,20)")
     parser.add_argument("--relists", type=int, default=200, help="relist rounds per density step (default 200)")
-    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd, network, streams")
+    parser.add_argument("--skip", default="", help="comma-separated paths to leave out: libvirt, containerd, network, streams, proxy")
+    parser.add_argument("--proxy-calls", type=int, default=500, help="calls per RPC, direct and through qmprt proxy (default 500)")
     parser.add_argument("--execs", type=int, default=50, help="exec round trips per runtime in the streams section (default 50)")
     parser.add_argument("--transfer-mib", type=int, default=64, help="MiB per node -> guest TCP transfer (default 64)")
     parser.add_argument("--json", help="where to write the figures (default bench-results/bench-<date>.json)")

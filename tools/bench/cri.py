@@ -52,6 +52,7 @@ class PodTemplate:
     cgroup_parent: str = ""
     annotations: tuple[tuple[str, str], ...] = ()
     sandbox_annotations: tuple[tuple[str, str], ...] = ()  # the pod's own (qmprt.io/network-wiring)
+    handler: str = ""  # RuntimeClass handler (through qmprt proxy: "qmprt" for a VM pod)
 
 
 VM_POD = PodTemplate()
@@ -114,7 +115,8 @@ class Client:
         )
         log_path = log_dir / template.log_name
         t0 = time.monotonic()
-        pod_id = self.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config), timeout=240).pod_sandbox_id
+        run = cri.RunPodSandboxRequest(config=pod_config, runtime_handler=template.handler)
+        pod_id = self.runtime.RunPodSandbox(run, timeout=240).pod_sandbox_id
         t1 = time.monotonic()
         container_id = self.runtime.CreateContainer(
             cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container_config, sandbox_config=pod_config), timeout=120
