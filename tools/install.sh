@@ -3,15 +3,18 @@
 # checks. Debian packages, a virtual environment at ./.venv with qmprt in it, and the tiny test guest.
 # containerd and runc are there for the proxy's tests (a VM pod beside a container pod), --bench adds
 # libvirt for the benchmark; their system services are not started: tests and benchmark run private
-# instances.
+# instances. --systemd installs qmprt.service and qmprt-proxy.service for an edge node
+# (tools/install-units.sh) and enables them where systemd runs.
 set -euo pipefail
 demo=false
 bench=false
+systemd=false
 for arg in "$@"; do
   case "$arg" in
     --demo) demo=true ;;
     --bench) bench=true ;;
-    *) echo "usage: tools/install.sh [--demo] [--bench]" >&2; exit 2 ;;
+    --systemd) systemd=true ;;
+    *) echo "usage: tools/install.sh [--demo] [--bench] [--systemd]" >&2; exit 2 ;;
   esac
 done
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +74,9 @@ fi
 # guest are cached by the hashes of their recipes.
 bash images/build-exec.sh
 bash images/build-tiny.sh
+if $systemd; then
+  bash tools/install-units.sh "$top/.venv/bin/qmprt"
+fi
 echo "install: done"
 if $demo; then
   exec bash tools/demo.sh
