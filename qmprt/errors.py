@@ -10,6 +10,8 @@
      ├── ResourceExhausted      a limit (memory, disk, ids) does not allow it
      ├── DeadlineExceeded       a bounded wait ran out
      ├── Unavailable            a dependency (QMP, the guest agent, a plugin) did not answer
+ ├── Unauthenticated        a registry wants credentials the request did not bring
+ ├── PermissionDenied       a registry refused the credentials, or its authentication is unusable
      └── InternalError          qmprt or a mechanism below it failed
           ├── VMError           QEMU failed to start or misbehaved
           │    └── ShutdownError  a staged shutdown needed a harder step than asked for
@@ -55,6 +57,14 @@ class DeadlineExceeded(QmprtError):
 
 
 class Unavailable(QmprtError):
+    pass
+
+
+class Unauthenticated(QmprtError):
+    pass
+
+
+class PermissionDenied(QmprtError):
     pass
 
 
