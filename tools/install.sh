@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything qmprt needs on a Debian 12 machine, as root. Idempotent: a second run only
 # checks. Debian packages, a virtual environment at ./.venv with qmprt in it, and the tiny test guest.
-# containerd and runc are there for the proxy's tests (a VM pod beside a container pod), --bench adds
+# containerd and runc are there for the proxy's tests (a VM pod beside a container pod), the
+# distribution registry, skopeo and htpasswd (apache2-utils) for the containerDisk tests, --bench adds
 # libvirt for the benchmark; their system services are not started: tests and benchmark run private
 # instances. --systemd installs qmprt.service and qmprt-proxy.service for an edge node
 # (tools/install-units.sh) and enables them where systemd runs.
@@ -26,6 +27,7 @@ debs=(
   extlinux syslinux-common e2fsprogs cpio kmod lz4 xz-utils zstd
   iproute2 procps util-linux python3-venv python3-pip openssl curl debootstrap gcc libc6-dev
   containerd runc
+  docker-registry skopeo apache2-utils
 )
 bench_debs=(libvirt-daemon-system libvirt-clients)
 if $bench; then
@@ -39,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Keep the packages' own daemons (containerd, libvirtd) from starting on install, unless a policy
+  # Keep the packages' own daemons (containerd, docker-registry, libvirtd) from starting on install, unless a policy
   # is already in place.
   policy=/usr/sbin/policy-rc.d
   made_policy=false

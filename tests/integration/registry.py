@@ -1,0 +1,141 @@
+"""A real distribution registry (Debian's docker-registry) on loopback for the containerDisk tests.
+
+TLS with a certificate the test makes (self-signed, so it is its own CA), htpasswd Basic auth
+(bcrypt, as the registry requires: ``htpasswd -B``), storage in the test's directory; started on a
+free port and stopped by PID. ``push_layout`` copies an OCI image layout to it with skopeo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+USER, PASSWORD = "qmprt", "s3cret-pass"
+TOOLS = ("docker-registry", "skopeo", "htpasswd", "openssl")
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    cert_dir: Path = field(init=False)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.cert_dir / "ca.crt"
+
+    def start(self, timeout: float = 30) -> None:
+        self.cert_dir = self.directory / "certs"
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        key = self.directory / "registry.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(self.ca), "-days", "1", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
+        htpasswd = self.directory / "htpasswd"
+        line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True).stdout
+        htpasswd.write_bytes(line)
+        self.port = _free_port()
+        config = self.directory / "config.yml"
+        config.write_text(json.dumps({  # YAML is a superset of JSON
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(self.directory / "data")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host, "tls": {"certificate": str(self.ca), "key": str(key)}},
+            "auth": {"htpasswd": {"realm": "qmprt-test", "path": str(htpasswd)}},
+        }))
+        log = open(self.directory / "registry.log", "wb")
+        self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {(self.directory / 'registry.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def push_layout(self, layout: Path, tag: str, reference: str, *, all_images: bool = False) -> None:
+        """``skopeo copy oci:LAYOUT:TAG docker://HOST/REFERENCE`` with the test's credentials and CA; the
+        digests stay the layout's (skopeo would otherwise compress the layers and rewrite the manifest)."""
+        command = ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-cert-dir", str(self.cert_dir), "--dest-creds", f"{USER}:{PASSWORD}"]
+        if all_images:
+            command.append("--all")
+        subprocess.run([*command, f"oci:{layout}:{tag}", f"docker://{self.host}/{reference}"], check=True, capture_output=True, timeout=300)
+
+
+def _blob(layout: Path, data: bytes) -> dict[str, object]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def tar_layer(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def oci_layout(layout: Path, tag: str, layers: list[bytes], architecture: str = "amd64") -> str:
+    """An OCI image layout holding one image of uncompressed tar ``layers``; returns its manifest digest."""
+    layout.mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    config = {"architecture": architecture, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(layout, json.dumps(config).encode())},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(layout, layer)} for layer in layers],
+    }
+    descriptor = {"mediaType": manifest["mediaType"], **_blob(layout, json.dumps(manifest).encode()),
+                  "annotations": {"org.opencontainers.image.ref.name": tag}}
+    index_path = layout / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"schemaVersion": 2, "manifests": []}
+    index["manifests"].append(descriptor)
+    index_path.write_text(json.dumps(index))
+    return str(descriptor["digest"])
