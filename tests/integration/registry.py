@@ -139,3 +139,23 @@ def oci_layout(layout: Path, tag: str, layers: list[bytes], architecture: str = 
     index["manifests"].append(descriptor)
     index_path.write_text(json.dumps(index))
     return str(descriptor["digest"])
+
+
+def oci_index(layout: Path, tag: str, manifests: dict[str, str]) -> str:
+    """Replace the layout's index.json entries with one image index of ``manifests`` (digest →
+    architecture) tagged ``tag``; returns the index's digest."""
+    index_path = layout / "index.json"
+    entries = {entry["digest"]: entry for entry in json.loads(index_path.read_text())["manifests"]}
+    inner = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": entries[digest]["mediaType"], "digest": digest, "size": entries[digest]["size"],
+             "platform": {"os": "linux", "architecture": architecture}}
+            for digest, architecture in manifests.items()
+        ],
+    }
+    descriptor = {"mediaType": inner["mediaType"], **_blob(layout, json.dumps(inner).encode()),
+                  "annotations": {"org.opencontainers.image.ref.name": tag}}
+    index_path.write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
+    return str(descriptor["digest"])
