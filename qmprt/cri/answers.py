@@ -199,15 +199,25 @@ def pod_sandbox_stats(info: SandboxStatsInfo) -> cri.PodSandboxStats:
 
 
 def image(record: ImageRecord) -> cri.Image:
-    repo_digests: list[str] = []
+    """Repo tags are the names without a digest (and URL names). Repo digests are the names by digest
+    (a registry pull stores ``host/repo@sha256:<manifest>``, the manifest's digest as containerd shows
+    it), and for a repository without one (a URL or rule pull) its name at the content's own digest."""
+    tags, repo_digests, repositories = [], [], set()
     for name in record.names:
-        repo_digest = f"{_repository(name)}@{record.digest}"
-        if repo_digest not in repo_digests:
-            repo_digests.append(repo_digest)
+        base, at, digest = name.rpartition("@") if "@" in name and "://" not in name else (name, "", "")
+        if not at:
+            tags.append(name)
+            continue
+        repositories.add(_repository(base))
+        repo_digests.append(f"{_repository(base)}@{digest}")
+    for name in tags:
+        if _repository(name) not in repositories:
+            repositories.add(_repository(name))
+            repo_digests.append(f"{_repository(name)}@{record.digest}")
     return cri.Image(
         id=record.digest,
-        repo_tags=list(record.names),
-        repo_digests=repo_digests,
+        repo_tags=tags,
+        repo_digests=sorted(set(repo_digests), key=repo_digests.index),
         size=record.size_bytes,
         spec=cri.ImageSpec(image=record.digest),
     )

@@ -7,6 +7,7 @@ cancels this task, and the store's pull stops and cleans up its temporary file.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
@@ -34,7 +35,12 @@ class ImageHandlers(Handlers):
             raise InvalidArgument("ImageStatus needs an image: image.image is empty")
         record = self.runtime.images.resolve(request.image.image)
         if record is None:
-            return cri.ImageStatusResponse()  # unknown: no image, and no error (kubelet then pulls)
+            # Unknown: no image, and no error (kubelet then pulls). Verbose, a pull in progress shows
+            # how far it got ("pull": {"done": bytes, "total": bytes or null}): qmprt ctl pull's progress.
+            pulling = self.runtime.images.pull_progress(request.image.image) if request.verbose else None
+            if pulling is None:
+                return cri.ImageStatusResponse()
+            return cri.ImageStatusResponse(info={"pull": json.dumps({"done": pulling[0], "total": pulling[1]})})
         info = {}
         if request.verbose:
             info = answers.verbose_info({"id": record.digest, "record": record})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from cri_api.v1 import api_pb2 as cri
 
 from qmprt.ctl import configs, logs, output
 from qmprt.ctl.client import CRIClient
-from qmprt.errors import InvalidArgument, NotFound
+from qmprt.errors import InvalidArgument, NotFound, QmprtError
 
 EXEC_DEADLINE_MARGIN_S = 120  # kubelet's ExecSync deadline is the command's timeout + 2 min
 
@@ -278,21 +279,28 @@ def pull(
     future.add_done_callback(lambda _: done.set())
     started = time.monotonic()
     interactive = progress.isatty()
-    spinner = "|/-\\"
-    ticks = 0
     while not done.wait(0.25 if interactive else 5.0):
-        ticks += 1
-        elapsed = time.monotonic() - started
-        if interactive:
-            progress.write(f"\rpulling {name} {spinner[ticks % 4]} {elapsed:.0f}s")
-        else:
-            progress.write(f"pulling {name}: {elapsed:.0f}s\n")
+        line = f"pulling {name}: {_pull_bytes(client, name, time.monotonic() - started)}"
+        progress.write(f"\r\033[K{line}" if interactive else f"{line}\n")
         progress.flush()
     if interactive:
         progress.write("\r\033[K")
     response = client.result(future, "PullImage")
     out.write(f"Image is up to date for {response.image_ref}\n")
     return 0
+
+
+def _pull_bytes(client: CRIClient, name: str, elapsed: float) -> str:
+    """How far the runtime's pull of ``name`` got (ImageStatus verbose "pull"), as one line."""
+    try:
+        status = client.images("ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=name), verbose=True))
+        state = json.loads(status.info.get("pull", "null")) or {}
+        done, total = int(state.get("done", 0)), state.get("total")
+    except (QmprtError, ValueError, TypeError, AttributeError):
+        return f"{elapsed:.0f}s"
+    of = f" of {output.size(int(total))}" if isinstance(total, int) and total > 0 else ""
+    rate = done / max(elapsed, 1e-3) / 1e6
+    return f"{output.size(done)}{of} ({rate:.1f} MB/s, {elapsed:.0f}s)"
 
 
 def remove_images(client: CRIClient, names: Sequence[str], out: TextIO) -> int:

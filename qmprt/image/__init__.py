@@ -20,7 +20,8 @@ from qmprt.image.rules import (
     rules_from_document,
     translate,
 )
-from qmprt.image.store import FsUsage, ImageRecord, Images, ImageStore, open_store
+from qmprt.image.records import FsUsage, ImageRecord, Images
+from qmprt.image.store import ImageStore, open_store
 
 __all__ = [
     "FetchSettings",

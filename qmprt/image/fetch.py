@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
-import functools
 import hashlib
 import http.client
 import logging
@@ -31,7 +30,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from qmprt.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from qmprt.image.httpclient import Abort, Aborted, http_error, opener
@@ -87,6 +86,16 @@ class Fetched:
     size: int
 
 
+def write_chunk(dest: BinaryIO, chunk: bytes, label: str) -> None:
+    """``dest.write``, a full disk (or quota) being RESOURCE_EXHAUSTED rather than an internal error."""
+    try:
+        dest.write(chunk)
+    except OSError as err:
+        if err.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise ResourceExhausted(f"{label}: no space left for the image: {err}") from err
+        raise
+
+
 class _Copier:
     """Copies chunks into ``dest``, hashing, counting, reporting progress, checking the abort flag."""
 
@@ -111,12 +120,7 @@ class _Copier:
         if self.done > self.limit:
             raise InvalidArgument(f"{self.label}: the download exceeds the limit of {self.limit} bytes")
         self.hash.update(chunk)
-        try:
-            self.dest.write(chunk)
-        except OSError as err:
-            if err.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise ResourceExhausted(f"{self.label}: no space left for the image: {err}") from err
-            raise
+        write_chunk(self.dest, chunk, self.label)
         now = time.monotonic()
         if now - self._last_log >= PROGRESS_LOG_INTERVAL_S:
             self._last_log = now
@@ -312,6 +316,44 @@ def copy_local(
     return fetched
 
 
+T = TypeVar("T")
+
+
+async def run_abortable(
+    work: Callable[[Abort, Progress], T],
+    *,
+    progress: Progress | None = None,
+    executor: concurrent.futures.Executor | None = None,
+    label: str,
+) -> T:
+    """``work(abort, report)`` in a worker thread. ``report`` calls ``progress`` on the event loop's
+    thread; cancelling sets ``abort`` and waits briefly for the worker to stop before re-raising."""
+    loop = asyncio.get_running_loop()
+    abort = Abort()
+
+    def report(done: int, total: int | None) -> None:
+        if progress is None or abort.is_set:
+            return
+        try:
+            loop.call_soon_threadsafe(progress, done, total)
+        except RuntimeError:  # the loop closed under a worker still finishing
+            pass
+
+    future = loop.run_in_executor(executor, work, abort, report)
+    # The outcome is read here or, after a cancellation, deliberately dropped.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        abort.set()
+        done, _ = await asyncio.wait({future}, timeout=ABORT_GRACE_S)
+        if not done:
+            log.warning("the transfer of %s did not stop within %s s of its cancellation", label, ABORT_GRACE_S)
+        raise
+    except Aborted as err:  # set without a cancellation of this coroutine: treat as one
+        raise asyncio.CancelledError() from err
+
+
 async def fetch(
     url: str,
     dest: str | os.PathLike[str],
@@ -325,39 +367,18 @@ async def fetch(
     executor: concurrent.futures.Executor | None = None,
 ) -> Fetched:
     """``fetch_blocking`` in a worker thread; ``progress`` is called on the event loop's thread."""
-    loop = asyncio.get_running_loop()
-    abort = Abort()
 
-    def report(done: int, total: int | None) -> None:
-        if progress is None or abort.is_set:
-            return
-        try:
-            loop.call_soon_threadsafe(progress, done, total)
-        except RuntimeError:  # the loop closed under a worker still finishing
-            pass
+    def work(abort: Abort, report: Progress) -> Fetched:
+        return fetch_blocking(
+            url,
+            dest,
+            transport,
+            authorization=authorization,
+            abort=abort,
+            progress=report,
+            limit=limit,
+            file_roots=file_roots,
+            label=label,
+        )
 
-    work = functools.partial(
-        fetch_blocking,
-        url,
-        dest,
-        transport,
-        authorization=authorization,
-        abort=abort,
-        progress=report,
-        limit=limit,
-        file_roots=file_roots,
-        label=label,
-    )
-    future = loop.run_in_executor(executor, work)
-    # The outcome is read here or, after a cancellation, deliberately dropped.
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        abort.set()
-        done, _ = await asyncio.wait({future}, timeout=ABORT_GRACE_S)
-        if not done:
-            log.warning("the transfer of %s did not stop within %s s of its cancellation", url, ABORT_GRACE_S)
-        raise
-    except Aborted as err:  # set without a cancellation of this coroutine: treat as one
-        raise asyncio.CancelledError() from err
+    return await run_abortable(work, progress=progress, executor=executor, label=url)

@@ -18,13 +18,14 @@ import os
 import posixpath
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
 from qmprt.errors import InvalidArgument
+from qmprt.image.fetch import write_chunk
 
 DISK_DIR = "disk"
 WHITEOUT = ".wh."
@@ -179,8 +180,12 @@ def find_disk(layers: list[Layer]) -> DiskEntry:
     return entry
 
 
-def copy_disk(layers: list[Layer], entry: DiskEntry, destination: BinaryIO, max_bytes: int) -> int:
-    """Copy the disk's bytes into ``destination`` (flushed and fsynced); returns the size."""
+def copy_disk(
+    layers: list[Layer], entry: DiskEntry, destination: BinaryIO, max_bytes: int, on_chunk: Callable[[bytes], None] | None = None
+) -> int:
+    """Copy the disk's bytes into ``destination`` (flushed and fsynced); returns the size.
+
+    ``on_chunk`` sees each chunk before it is written (to hash it, or to stop a cancelled copy)."""
     if entry.size > max_bytes:
         raise InvalidArgument(f"/{DISK_DIR}/{entry.name} is {entry.size} bytes, more than the limit of {max_bytes}")
     with open_layer(layers[entry.layer]) as tar:
@@ -193,7 +198,9 @@ def copy_disk(layers: list[Layer], entry: DiskEntry, destination: BinaryIO, max_
                     copied += len(chunk)
                     if copied > max_bytes:
                         raise InvalidArgument(f"/{DISK_DIR}/{entry.name} is more than the limit of {max_bytes} bytes")
-                    destination.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                    write_chunk(destination, chunk, f"/{DISK_DIR}/{entry.name}")
                 destination.flush()
                 os.fsync(destination.fileno())
                 return copied

@@ -1,6 +1,7 @@
-"""Downloads shared by concurrent pulls: one fetch and verification per URL (and pin) at a time.
+"""Downloads shared by concurrent pulls: one fetch and verification per content at a time.
 
-A pull of a URL that is already being downloaded joins that download instead of starting another.
+A pull of content already being downloaded (the same URL and pin, or the same registry manifest)
+joins that download instead of starting another.
 The download runs as its own task, shielded from each pull: it is cancelled (and its temp file
 deleted) only when the last pull waiting for it goes, so a client's deadline stops the download
 unless another pull still wants it. What it yields is ``Verified``: a temp file that every check of
@@ -13,7 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +37,14 @@ class Verified:
     info: ImageInfo
 
 
+FetchInto = Callable[[Path, Progress], Awaitable[Fetched]]  # fills the temp file, reporting bytes
+
+
 @dataclass(eq=False)
 class _Flight:
-    """One download shared by every concurrent pull of the same URL (and pin)."""
+    """One download shared by every concurrent pull of the same content (a URL and pin, a manifest)."""
 
-    key: tuple[str, str | None]
+    key: tuple[str, ...]
     task: asyncio.Task[Verified] | None = None
     temp_path: Path | None = None
     waiters: int = 0
@@ -63,27 +67,21 @@ class Downloads:
         self._config = config
         self._new_temp = new_temp
         self._discard_temp = discard_temp
-        self._flights: dict[tuple[str, str | None], _Flight] = {}
+        self._flights: dict[tuple[str, ...], _Flight] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     @contextlib.asynccontextmanager
     async def verified(
-        self,
-        url: str,
-        settings: FetchSettings,
-        reference: ImageReference,
-        authorization: str | None,
-        progress: Progress | None,
+        self, key: tuple[str, ...], label: str, fetch_into: FetchInto, progress: Progress | None
     ) -> AsyncIterator[Verified]:
-        """The verified download of ``url``, joined or started, held (not deleted) inside the block."""
-        key = (url, reference.digest)
+        """The verified download ``key`` names, joined or started, held (not deleted) inside the block."""
         flight = self._flights.get(key)
         if flight is None:
             flight = _Flight(key)
-            flight.task = asyncio.create_task(self._fetch_and_verify(flight, url, settings, reference, authorization))
+            flight.task = asyncio.create_task(self._fetch_and_verify(flight, label, fetch_into))
             self._flights[key] = flight
         else:
-            log.info("pull of %s joins the download of %s in progress", reference.name, url)
+            log.info("pull of %s joins the download in progress", label)
         assert flight.task is not None
         flight.waiters += 1
         if progress is not None:
@@ -102,31 +100,34 @@ class Downloads:
                     await asyncio.wait({flight.task})
                 self._discard_temp(flight.temp_path)
 
-    async def _fetch_and_verify(
-        self,
-        flight: _Flight,
-        url: str,
-        settings: FetchSettings,
-        reference: ImageReference,
-        authorization: str | None,
-    ) -> Verified:
-        temp = self._new_temp()
-        flight.temp_path = temp
-        try:
-            label = reference.name if reference.name == url else f"{reference.name} from {url}"
-            log.info("pulling %s", label)
+    def url_fetch(
+        self, url: str, settings: FetchSettings, reference: ImageReference, authorization: str | None, label: str
+    ) -> FetchInto:
+        """How a URL pull fills its temp file: the fetch, then the pin (the content's own digest) checked."""
+
+        async def fetch_into(temp: Path, report: Progress) -> Fetched:
             fetched = await fetch(
                 url,
                 temp,
                 settings,
                 authorization=authorization,
-                progress=flight.emit,
+                progress=report,
                 limit=self._config.download_limit,
                 file_roots=self._config.file_roots,
                 label=label,
-                executor=self._fetch_executor(),
+                executor=self.executor(),
             )
             check_pin(reference, fetched)
+            return fetched
+
+        return fetch_into
+
+    async def _fetch_and_verify(self, flight: _Flight, label: str, fetch_into: FetchInto) -> Verified:
+        temp = self._new_temp()
+        flight.temp_path = temp
+        try:
+            log.info("pulling %s", label)
+            fetched = await fetch_into(temp, flight.emit)
             info = await inspect_image_async(
                 temp, self._config.max_virtual_size_bytes, self._config.qemu_img, self._config.qemu_img_timeout_s
             )
@@ -134,10 +135,10 @@ class Downloads:
         except BaseException as err:
             self._discard_temp(temp)
             if isinstance(err, asyncio.CancelledError):
-                log.info("pull of %s cancelled; partial download deleted", reference.name)
+                log.info("pull of %s cancelled; partial download deleted", label)
             raise
 
-    def _fetch_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="qmprt-image-fetch")
         return self._executor

@@ -15,10 +15,11 @@ import logging
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import BinaryIO
 
 from qmprt.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
-from qmprt.image.fetch import USER_AGENT, PullAuth
+from qmprt.image.fetch import USER_AGENT, PullAuth, write_chunk
 from qmprt.image.fetch_settings import FetchSettings
 from qmprt.image.httpclient import Abort, http_error, opener
 from qmprt.image.ocimanifest import ACCEPT, INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_document, parse_manifest, pick_platform
@@ -122,15 +123,25 @@ class RegistryClient:
                 raise InvalidArgument(f"{self.host}/{repository}@{chosen.digest}: an index inside an index is not followed")
         return digest, parse_manifest(document, f"{self.host}/{repository}")
 
-    def blob(self, repository: str, descriptor: Descriptor, dest: BinaryIO, limit: int) -> None:
-        """Stream the blob into ``dest`` (truncated first), its size and sha256 checked; retried when dropped."""
+    def with_abort(self, abort: Abort) -> RegistryClient:
+        """The same client (and the authorization it earned) for another transfer with its own abort flag."""
+        client = RegistryClient(self.host, self.transport, self.auth, abort, scheme=self.scheme)
+        client._authorization = self._authorization
+        return client
+
+    def blob(
+        self, repository: str, descriptor: Descriptor, dest: BinaryIO, limit: int, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Stream the blob into ``dest`` (truncated first), its size and sha256 checked; retried when dropped.
+
+        ``progress`` is called with the bytes of this blob written so far."""
         if descriptor.size > limit:
             raise InvalidArgument(f"blob {descriptor.digest} of {self.host}/{repository} is {descriptor.size} bytes, above the limit of {limit}")
         for attempt in range(1, BLOB_ATTEMPTS + 1):
             dest.seek(0)
             dest.truncate()
             try:
-                self._copy_blob(repository, descriptor, dest)
+                self._copy_blob(repository, descriptor, dest, progress)
                 return
             except Unavailable as err:
                 self.abort.check()
@@ -138,19 +149,25 @@ class RegistryClient:
                     raise
                 log.warning("blob %s of %s/%s: %s; attempt %d of %d", descriptor.digest, self.host, repository, err, attempt + 1, BLOB_ATTEMPTS)
 
-    def _copy_blob(self, repository: str, descriptor: Descriptor, dest: BinaryIO) -> None:
+    def _copy_blob(self, repository: str, descriptor: Descriptor, dest: BinaryIO, progress: Callable[[int], None] | None) -> None:
         hasher, done = hashlib.sha256(), 0
         with self.get(f"{repository}/blobs/{descriptor.digest}", "*/*", f"repository:{repository}:pull") as answer:
-            try:
-                while chunk := answer.read1(CHUNK):
-                    done += len(chunk)
-                    if done > descriptor.size:
-                        raise InvalidArgument(f"blob {descriptor.digest} of {self.host}/{repository} is longer than its {descriptor.size} bytes")
-                    hasher.update(chunk)
-                    dest.write(chunk)
-            except (OSError, http.client.HTTPException) as err:
+            while True:
+                try:
+                    chunk = answer.read1(CHUNK)
+                except (OSError, http.client.HTTPException) as err:
+                    self.abort.check()
+                    raise Unavailable(f"blob {descriptor.digest}: the transfer broke after {done} bytes: {err!r}") from err
+                if not chunk:
+                    break
                 self.abort.check()
-                raise Unavailable(f"blob {descriptor.digest}: the transfer broke after {done} bytes: {err!r}") from err
+                done += len(chunk)
+                if done > descriptor.size:
+                    raise InvalidArgument(f"blob {descriptor.digest} of {self.host}/{repository} is longer than its {descriptor.size} bytes")
+                hasher.update(chunk)
+                write_chunk(dest, chunk, f"blob {descriptor.digest}")
+                if progress is not None:
+                    progress(done)
         self.abort.check()
         if done != descriptor.size:
             raise Unavailable(f"blob {descriptor.digest}: the connection closed after {done} of {descriptor.size} bytes")

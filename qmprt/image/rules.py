@@ -1,4 +1,4 @@
-"""Translation of image names to URLs: ordered rules, a default mapping, per-rule fetch settings.
+"""Translation of image names to URLs: ordered rules, per-rule fetch settings; else the registry.
 
 Rules are tried in order (the config's first, then each ``*.toml`` file of ``rules_dir`` in name order);
 the first match wins:
@@ -13,8 +13,9 @@ The URL template is ``str.format`` text whose fields may be ``{0}`` (the whole m
 ``{path}`` and ``{digest}`` (the pinned hex digest). Anything else (attributes, indexes, format specs)
 is refused when the rule is parsed, so a rule error shows at load time, not at the first pull.
 
-Without a matching rule a reference ``host[:port]/path[:tag]`` maps to ``<default_scheme>://host[:port]/path``
-(the tag is dropped). URL names (``http://``, ``https://``, ``file:///``) are used as they are, with the
+Without a matching rule a reference ``host[:port]/path[:tag|@digest]`` is pulled from its registry as a
+containerDisk (``qmprt.image.containerdisk``; per-host settings in ``qmprt.image.registryconfig``);
+``translate`` says so by returning None. URL names (``http://``, ``https://``, ``file:///``) are used as they are, with the
 config's default transport; rules are not applied to them.
 
 Rules files are TOML::
@@ -43,6 +44,7 @@ from typing import Any, NamedTuple
 from qmprt.errors import InvalidArgument
 from qmprt.image.fetch_settings import FETCH_SETTINGS_KEYS, FetchSettings, fetch_settings_from_table
 from qmprt.image.reference import ImageReference, digest_hex, parse_reference
+from qmprt.image.registryconfig import RegistryHost, registry_hosts_from_table
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +162,14 @@ class ImageConfig:
     rules: tuple[TranslationRule, ...] = ()
     rules_dir: str | None = None
     max_virtual_size_bytes: int = 256 * GiB
-    default_scheme: str = "https"
     default_transport: FetchSettings = field(default_factory=FetchSettings)
+    registries: dict[str, RegistryHost] = field(default_factory=dict)
     file_roots: tuple[str, ...] = ()
     max_download_bytes: int | None = None
     qemu_img: str = "qemu-img"
     qemu_img_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.default_scheme not in ("http", "https"):
-            raise InvalidArgument(f"image.default_scheme must be http or https, not {self.default_scheme!r}")
         if self.max_virtual_size_bytes <= 0:
             raise InvalidArgument("image.max_virtual_size_bytes must be positive")
         if self.max_download_bytes is not None and self.max_download_bytes <= 0:
@@ -194,8 +194,8 @@ class Translation(NamedTuple):
 
 def translate(
     name: str | ImageReference, config: ImageConfig, rules: tuple[TranslationRule, ...] | None = None
-) -> Translation:
-    """The URL and transport for ``name``: ``rules`` (default: the config's) in order, then the default."""
+) -> Translation | None:
+    """The URL and transport for ``name`` by ``rules`` (default: the config's) in order; None: its registry."""
     reference = name if isinstance(name, ImageReference) else parse_reference(name)
     if reference.is_url:
         return Translation(reference.repository, config.default_transport)
@@ -207,7 +207,7 @@ def translate(
         raise InvalidArgument(
             f"no translation rule matches image {reference.original!r}, and it names no host to fetch from"
         )
-    return Translation(f"{config.default_scheme}://{reference.domain}/{reference.path}", config.default_transport)
+    return None
 
 
 _RULE_KEYS = {"name", "regexp", "url"}
@@ -247,7 +247,6 @@ def rules_from_document(document: dict[str, Any], source: str) -> tuple[Translat
 _CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "rules_dir": (str,),
     "max_virtual_size_bytes": (int,),
-    "default_scheme": (str,),
     "file_roots": (list,),
     "max_download_bytes": (int,),
     "qemu_img": (str,),
@@ -262,13 +261,20 @@ def image_config_from_table(table: dict[str, Any], where: str = "[image]") -> Im
         rules_dir = "/etc/qmprt/image-rules.d"
         max_virtual_size_bytes = 274877906944
         file_roots = ["/srv/images"]
-        [image.transport]            # the default transport: default mapping and URL names
+        [image.transport]            # the default transport: registries and URL names
         ca_file = "/etc/ssl/certs/ca-certificates.crt"
+        [image.registry."registry.local:5000"]   # qmprt.image.registryconfig
+        mirrors = ["mirror.local:5000"]
         [[image.rule]]
         regexp = '...'
         url = "..."
     """
-    unknown = sorted(set(table) - set(_CONFIG_KEYS) - {"rule", "transport"})
+    if "default_scheme" in table:
+        raise InvalidArgument(
+            f"{where} default_scheme is gone: a reference with a host is pulled from its registry now; "
+            "give [image.registry.\"HOST\"] plain_http = true for a registry without TLS, or a [[rule]] for a web server"
+        )
+    unknown = sorted(set(table) - set(_CONFIG_KEYS) - {"rule", "transport", "registry"})
     if unknown:
         raise InvalidArgument(f"{where} has unknown keys: {', '.join(unknown)}")
     values: dict[str, Any] = {}
@@ -290,6 +296,7 @@ def image_config_from_table(table: dict[str, Any], where: str = "[image]") -> Im
     if extra:
         raise InvalidArgument(f"{where} transport has unknown keys: {', '.join(extra)}")
     values["default_transport"] = fetch_settings_from_table(transport_table, f"{where} transport")
+    values["registries"] = registry_hosts_from_table(table.get("registry", {}), f"{where} registry", values["default_transport"])
     values["rules"] = rules_from_document({"rule": table.get("rule", [])}, where)
     return ImageConfig(**values)
 
@@ -355,5 +362,5 @@ class RuleSet:
             self._signature = signature
         return self._config.rules + self._directory_rules
 
-    def translate(self, name: str | ImageReference) -> Translation:
+    def translate(self, name: str | ImageReference) -> Translation | None:
         return translate(name, self._config, self.current())

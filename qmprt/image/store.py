@@ -34,61 +34,26 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from qmprt.config import Config
 from qmprt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from qmprt.image.fetch import Progress, PullAuth, copy_local
+from qmprt.image.containerdisk import Resolved, download_disk_blocking, resolve_blocking
+from qmprt.image.fetch import Fetched, Progress, PullAuth, copy_local, run_abortable
+from qmprt.image.httpclient import Abort
 from qmprt.image.fsinfo import mount_point_of, tree_usage
 from qmprt.image.inspect import inspect_image
 from qmprt.image.index import ImageMeta, StoreIndex
 from qmprt.image.pulls import Downloads, Verified, check_pin
 from qmprt.image.reference import ImageReference, digest_hex, is_digest, parse_reference
-from qmprt.image.boot import BootFiles, load_boot_files, remove_boot_files, write_boot_files
+from qmprt.image.boot import load_boot_files, remove_boot_files, write_boot_files
+from qmprt.image.records import FsUsage, ImageRecord
 from qmprt.image.rules import ImageConfig, RuleSet, image_config_from_table
 from qmprt.state import ensure_private_dir, fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MIN_PREFIX = 3
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    digest: str  # "sha256:<64 hex>" of the stored file's bytes
-    path: str  # <root>/sha256/<hex>, read-only
-    format: str  # "qcow2" | "raw", verified with qemu-img; pass it to QEMU, never let QEMU probe
-    size_bytes: int
-    virtual_size: int
-    names: tuple[str, ...]  # sorted; empty for an image whose names were all moved elsewhere
-    created_at_ns: int
-    boot: BootFiles | None = None  # an operator-attached kernel for direct boot (qmprt.image.boot)
-
-
-@dataclass(frozen=True)
-class FsUsage:
-    mountpoint: str  # mount point of the filesystem that holds the store
-    used_bytes: int  # allocated by the store's files
-    inodes_used: int  # files and directories of the store
-    timestamp_ns: int
-
-
-class Images(Protocol):
-    """What the layers above need from the store; tests of those layers may use a fake of it."""
-
-    async def pull(
-        self, name: str, auth: PullAuth | None = None, progress: Progress | None = None
-    ) -> ImageRecord: ...
-
-    def resolve(self, ref: str) -> ImageRecord | None: ...
-
-    def list(self) -> list[ImageRecord]: ...
-
-    def remove(self, ref: str, in_use: Callable[[str], bool]) -> None: ...
-
-    def fs_usage(self) -> FsUsage: ...
 
 
 class ImageStore:
@@ -102,6 +67,7 @@ class ImageStore:
         self._index = StoreIndex(self.root, self._blobs, self._meta_dir)
         self._active_temps: dict[Path, int] = {}  # temp file → the descriptor that holds its flock
         self._downloads = Downloads(config, self._new_temp, self._discard_temp)
+        self._progress: dict[str, tuple[int, int | None]] = {}  # pulls in progress, by name
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -190,8 +156,8 @@ class ImageStore:
 
     # -- changes -----------------------------------------------------------------------------------
 
-    def _publish(self, verified: Verified, name: str) -> ImageRecord:
-        """Move a verified image into the store (unless it is there already) and point ``name`` at it."""
+    def _publish(self, verified: Verified, names: tuple[str, ...]) -> ImageRecord:
+        """Move a verified image into the store (unless it is there already) and point ``names`` at it."""
         digest = verified.fetched.digest
         hexdigest = digest_hex(digest)
         with self._index.exclusive():
@@ -210,10 +176,11 @@ class ImageStore:
                 fsync_dir(self._blobs)
                 self._index.images[hexdigest] = meta
                 log.info("stored image %s (%s, virtual size %d)", digest, meta.format, meta.virtual_size)
-            previous = self._index.names.get(name)
-            self._index.names.set(name, digest)
-            if previous is not None and previous != digest:
-                log.info("image name %s moved from %s to %s", name, previous, digest)
+            for name in names:
+                previous = self._index.names.get(name)
+                self._index.names.set(name, digest)
+                if previous is not None and previous != digest:
+                    log.info("image name %s moved from %s to %s", name, previous, digest)
             return self._record(hexdigest)
 
     def _delete(self, hexdigest: str) -> None:
@@ -236,6 +203,7 @@ class ImageStore:
                 if in_use(digest):
                     raise FailedPrecondition(f"image {name} ({digest}) is used by a container")
                 self._index.names.remove_name(name)
+                self._drop_orphaned_digest_names(name, digest)
                 if not self._index.names.names_for(digest):
                     self._delete(digest_hex(digest))
                 return
@@ -247,6 +215,17 @@ class ImageStore:
             if not self._index.names.remove_digest(found):
                 self._index.touch_names()  # no name changed: tell other processes the image went
             self._delete(digest_hex(found))
+
+    def _drop_orphaned_digest_names(self, removed: str, digest: str) -> None:
+        """After a tag goes: its repository's names by digest of the same image go too, unless another
+        tag of the repository still names the image (a registry pull stored the digest name beside it)."""
+        repository = parse_reference(removed).repository
+        left = [parse_reference(name) for name in self._index.names.names_for(digest)]
+        if any(ref.repository == repository and ref.digest is None for ref in left):
+            return
+        for ref in left:
+            if ref.repository == repository and not ref.is_url:
+                self._index.names.remove_name(ref.name)
 
     def set_boot_files(
         self, ref: str, kernel: str | os.PathLike[str], initrd: str | os.PathLike[str] | None, cmdline: str
@@ -270,28 +249,79 @@ class ImageStore:
             info = inspect_image(
                 temp, self.config.max_virtual_size_bytes, self.config.qemu_img, self.config.qemu_img_timeout_s
             )
-            return self._publish(Verified(temp, fetched, info), reference.name)
+            return self._publish(Verified(temp, fetched, info), (reference.name,))
         finally:
             self._discard_temp(temp)
 
     async def pull(
         self, name: str, auth: PullAuth | None = None, progress: Progress | None = None
     ) -> ImageRecord:
-        """Download, verify and store ``name``; concurrent pulls of one URL share one download.
+        """Download, verify and store ``name``; concurrent pulls of one content share one download.
 
         Cancelling the pull (a client's deadline) stops the download and deletes what it wrote, unless
-        another pull still waits for the same download.
+        another pull still waits for the same download. ``pull_progress`` tells how far it got.
         """
         reference = parse_reference(name)
-        if reference.digest is not None:
-            with self._index.current():
-                if digest_hex(reference.digest) in self._index.images:
-                    # Pinned content already here: nothing to download.
-                    return self._publish_name(reference.name, reference.digest)
-        url, settings = self._rules.translate(reference)
-        authorization = auth.header() if auth is not None else None
-        async with self._downloads.verified(url, settings, reference, authorization, progress) as verified:
-            return self._publish(verified, reference.name)
+        route = self._rules.translate(reference)
+        self._progress[reference.name] = (0, None)
+
+        def tracked(done: int, total: int | None) -> None:
+            self._progress[reference.name] = (done, total)
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            if route is None:
+                return await self._pull_registry(reference, auth or PullAuth(), tracked)
+            if reference.digest is not None:
+                with self._index.current():
+                    if digest_hex(reference.digest) in self._index.images:
+                        # Pinned content already here: nothing to download.
+                        return self._publish_name(reference.name, reference.digest)
+            url, settings = route
+            label = reference.name if reference.name == url else f"{reference.name} from {url}"
+            authorization = auth.header() if auth is not None else None
+            fetch_into = self._downloads.url_fetch(url, settings, reference, authorization, label)
+            async with self._downloads.verified(("url", url, reference.digest or ""), label, fetch_into, tracked) as verified:
+                return self._publish(verified, (reference.name,))
+        finally:
+            self._progress.pop(reference.name, None)
+
+    def pull_progress(self, name: str) -> tuple[int, int | None] | None:
+        """(bytes done, bytes in all) of a pull of ``name`` in progress in this process, else None."""
+        try:
+            return self._progress.get(parse_reference(name).name)
+        except InvalidArgument:
+            return None
+
+    async def _pull_registry(self, reference: ImageReference, auth: PullAuth, progress: Progress) -> ImageRecord:
+        """A containerDisk from its registry (``containerdisk``), stored under its tag and repo digest."""
+        config, executor = self.config, self._downloads.executor()
+
+        def resolve(abort: Abort, _report: Progress) -> Resolved:
+            return resolve_blocking(reference, config.registries, config.default_transport, auth, abort)
+
+        resolved = await run_abortable(resolve, executor=executor, label=reference.name)
+        names = tuple(dict.fromkeys((reference.name, resolved.repository_digest)))
+        with self._index.exclusive():
+            known = self._index.names.get(resolved.repository_digest)
+            if known is not None and digest_hex(known) in self._index.images:
+                log.info("%s is stored already (%s): no download", resolved.repository_digest, known)
+                for each in names:
+                    self._index.names.set(each, known)
+                return self._record(digest_hex(known))
+
+        async def fetch_into(temp: Path, report: Progress) -> Fetched:
+            def work(abort: Abort, report_bytes: Progress) -> Fetched:
+                return download_disk_blocking(
+                    resolved, temp, abort, report_bytes,
+                    limit=config.download_limit, new_temp=self._new_temp, discard_temp=self._discard_temp,
+                )
+
+            return await run_abortable(work, progress=report, executor=executor, label=resolved.label)
+
+        async with self._downloads.verified(("registry", resolved.repository_digest), resolved.label, fetch_into, progress) as verified:
+            return self._publish(verified, names)
 
     def _publish_name(self, name: str, digest: str) -> ImageRecord:
         with self._index.exclusive():

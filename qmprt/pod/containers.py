@@ -42,7 +42,7 @@ from qmprt.vm.spec import Accelerator
 
 if TYPE_CHECKING:
     from qmprt.image import ImageStore
-    from qmprt.image.store import ImageRecord
+    from qmprt.image.records import ImageRecord
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from qmprt.vm.pinning import parse_cpuset, parse_id_list
 
 if TYPE_CHECKING:
     from qmprt.image.boot import BootFiles
-    from qmprt.image.store import ImageRecord
+    from qmprt.image.records import ImageRecord
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,11 @@ class ServerProcess:
     def __init__(
         self, directory: Path, socket_dir: Path, tiny: TinyGuest, cgroup_root: str, image_name: str,
         log_level: str = "debug", image_rules: Sequence[tuple[str, str]] = (),
-        cni_settings: str = "", exec_prefix: Sequence[str] = (),
+        cni_settings: str = "", exec_prefix: Sequence[str] = (), extra_config: str = "",
     ) -> None:
         """``cni_settings``: more lines for the ``[cni]`` table; ``exec_prefix``: what serve runs under
-        (``nsenter --net=<node netns> --``, to run the node inside a test's network namespace)."""
+        (``nsenter --net=<node netns> --``, to run the node inside a test's network namespace);
+        ``extra_config``: tables appended to the config (``[image.registry."host"]``)."""
         self.exec_prefix = list(exec_prefix)
         self.socket = socket_dir / "qmprt.sock"
         self.state_dir = directory / "state"
@@ -96,6 +97,7 @@ name = "{image_name.rsplit(':', 1)[0]}"
 url = "file://{tiny.disk}"
 """
             + "".join(f'[[image.rule]]\nname = "{name}"\nurl = "{url}"\n' for name, url in image_rules)
+            + extra_config
         )
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -286,12 +286,15 @@ async def test_file_urls_only_under_file_roots(tmp_path: Path, server: ImageServ
     assert_nothing_stored(other)
 
 
-async def test_default_mapping_over_https(tmp_path: Path, tls_server: tuple[ImageServer, Path], images: Path) -> None:
+async def test_a_rule_over_https(tmp_path: Path, tls_server: tuple[ImageServer, Path], images: Path) -> None:
     server, cert = tls_server
     port = server.server_address[1]
     name = f"127.0.0.1:{port}/files/good.qcow2:v2"
-    trusting = ImageConfig(default_transport=FetchSettings(ca_file=str(cert), proxy=""), max_virtual_size_bytes=LIMIT)
-    assert translate(name, trusting).url == f"https://127.0.0.1:{port}/files/good.qcow2"
+    pattern, url = r"127\.0\.0\.1:\d+/(.+):.*", f"https://127.0.0.1:{port}/{{1}}"
+    rule = TranslationRule(regexp=pattern, url=url, transport=FetchSettings(ca_file=str(cert), proxy=""))
+    trusting = ImageConfig(rules=(rule,), max_virtual_size_bytes=LIMIT)
+    translated = translate(name, trusting)
+    assert translated is not None and translated.url == f"https://127.0.0.1:{port}/files/good.qcow2"
     image_store = ImageStore(tmp_path / "images", trusting)
     record = await image_store.pull(name)
     assert_stored(record, images / "good.qcow2", "qcow2")
@@ -300,7 +303,7 @@ async def test_default_mapping_over_https(tmp_path: Path, tls_server: tuple[Imag
         await asyncio.wait_for(image_store.pull(f"127.0.0.1:{port}/stall/good.raw"), 0.3)
     assert time.monotonic() - started < 1.5, "a TLS read blocked on a silent server was not woken"
     assert list((image_store.root / "tmp").iterdir()) == []
-    untrusting = ImageStore(tmp_path / "untrusting", ImageConfig(default_transport=DIRECT))
+    untrusting = ImageStore(tmp_path / "untrusting", ImageConfig(rules=(TranslationRule(regexp=pattern, url=url, transport=DIRECT),)))
     with pytest.raises(Unavailable, match="TLS verification failed"):
         await untrusting.pull(name)
     assert_nothing_stored(untrusting)

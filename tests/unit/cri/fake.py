@@ -36,6 +36,7 @@ class ImageRecordStore:
         self.records: dict[str, ImageRecord] = {}
         self.pull_delay = 0.0
         self.pulls_cancelled = 0
+        self.pulling: dict[str, tuple[int, int | None]] = {}
 
     def add(self, name: str, size: int = 1 << 20) -> ImageRecord:
         digest = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
@@ -48,13 +49,19 @@ class ImageRecordStore:
     async def pull(self, name: str, auth: Any, progress: Any = None) -> ImageRecord:
         if name.startswith("missing"):
             raise NotFound(f"image {name!r}: the server answered 404")
+        self.pulling[name] = (0, 1 << 20)
         try:
             await asyncio.sleep(self.pull_delay)
         except asyncio.CancelledError:
             self.pulls_cancelled += 1
             raise
+        finally:
+            del self.pulling[name]
         self.last_auth = auth
         return self.add(name)
+
+    def pull_progress(self, name: str) -> tuple[int, int | None] | None:
+        return self.pulling.get(name)
 
     def resolve(self, ref: str) -> ImageRecord | None:
         for record in self.records.values():

@@ -113,3 +113,34 @@ async def test_image_fs_info_has_image_and_container_filesystems(client: Client,
         assert usage.fs_id.mountpoint == str(fake.images.root)
         assert usage.used_bytes.value == 5000
         assert usage.inodes_used.value == 2
+
+
+async def test_status_verbose_shows_a_pull_in_progress(client: Client, fake: FakeRuntime) -> None:
+    fake.images.pull_delay = 30
+    call = client.images.PullImage(cri.PullImageRequest(image=_spec("slow:1")))
+    for _ in range(100):
+        if "slow:1" in fake.images.pulling:
+            break
+        await asyncio.sleep(0.02)
+    fake.images.pulling["slow:1"] = (12345, 1 << 20)
+    response = await client.images.ImageStatus(cri.ImageStatusRequest(image=_spec("slow:1"), verbose=True))
+    assert not response.HasField("image")
+    assert json.loads(response.info["pull"]) == {"done": 12345, "total": 1 << 20}
+    quiet = await client.images.ImageStatus(cri.ImageStatusRequest(image=_spec("slow:1")))
+    assert not quiet.info, "only a verbose status tells of the pull"
+    call.cancel()
+
+
+def test_repo_tags_and_repo_digests_of_a_registry_pull_and_a_url_pull() -> None:
+    from qmprt.cri import answers
+    from qmprt.image.records import ImageRecord
+
+    disk, manifest = "sha256:" + "d" * 64, "sha256:" + "e" * 64
+    registry = ImageRecord(disk, "/x", "qcow2", 1, 1, ("r.local:5000/vm/tiny:1", "r.local:5000/vm/tiny:2", f"r.local:5000/vm/tiny@{manifest}"), 0)
+    image = answers.image(registry)
+    assert list(image.repo_tags) == ["r.local:5000/vm/tiny:1", "r.local:5000/vm/tiny:2"]
+    assert list(image.repo_digests) == [f"r.local:5000/vm/tiny@{manifest}"], "the manifest digest, as containerd shows it"
+    url = ImageRecord(disk, "/x", "raw", 1, 1, ("https://h.example/t.raw", "h.example/t:1"), 0)
+    image = answers.image(url)
+    assert list(image.repo_tags) == ["https://h.example/t.raw", "h.example/t:1"]
+    assert list(image.repo_digests) == [f"https://h.example/t.raw@{disk}", f"h.example/t@{disk}"]

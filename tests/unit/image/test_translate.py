@@ -13,6 +13,7 @@ from qmprt.image.fetch_settings import FetchSettings
 from qmprt.image.reference import normalise_name, parse_reference
 from qmprt.image.rules import (
     ImageConfig,
+    image_config_from_table,
     RuleSet,
     TranslationRule,
     parse_rules_file,
@@ -89,13 +90,14 @@ def test_reference_parts() -> None:
 CONFIG = ImageConfig()
 
 
-def test_default_mapping_drops_the_tag_and_uses_https() -> None:
-    url, transport = translate("images.example.org/ubuntu/jammy:22.04", CONFIG)
-    assert url == "https://images.example.org/ubuntu/jammy"
-    assert transport == FetchSettings()
-    assert translate("localhost:5000/tiny", CONFIG).url == "https://localhost:5000/tiny"
-    assert translate(f"h.example/a/b@sha256:{HEX}", CONFIG).url == "https://h.example/a/b"
-    assert translate("127.0.0.1:8080/x", ImageConfig(default_scheme="http")).url == "http://127.0.0.1:8080/x"
+def test_a_reference_with_a_host_and_no_rule_goes_to_its_registry() -> None:
+    for name in ("images.example.org/ubuntu/jammy:22.04", "localhost:5000/tiny", f"h.example/a/b@sha256:{HEX}"):
+        assert translate(name, CONFIG) is None, name
+
+
+def test_default_scheme_is_refused_with_what_replaces_it() -> None:
+    with pytest.raises(InvalidArgument, match="plain_http"):
+        image_config_from_table({"default_scheme": "http"})
 
 
 def test_default_mapping_needs_a_host() -> None:
@@ -139,8 +141,8 @@ def test_exact_name_without_tag_matches_every_tag() -> None:
     config = ImageConfig(rules=(rule,))
     assert translate("images.example.org/ubuntu:20.04", config).url == "https://m.example/ubuntu-20.04.img"
     assert translate("images.example.org/ubuntu", config).url == "https://m.example/ubuntu-latest.img"
-    # Another repository falls through to the default mapping.
-    assert translate("images.example.org/ubuntu2:1", config).url == "https://images.example.org/ubuntu2"
+    # Another repository falls through to its registry.
+    assert translate("images.example.org/ubuntu2:1", config) is None
 
 
 def test_digest_field_and_a_template_needing_a_missing_tag() -> None:
@@ -241,7 +243,7 @@ def test_rules_directory_is_reread_when_it_changes(tmp_path: Path) -> None:
     rules_dir.mkdir()
     config_rule = TranslationRule(name="pinned", url="http://config/pinned")
     rule_set = RuleSet(ImageConfig(rules=(config_rule,), rules_dir=str(rules_dir)))
-    assert rule_set.translate("h.example/x:1").url == "https://h.example/x"
+    assert rule_set.translate("h.example/x:1") is None  # no rule yet: the registry
 
     (rules_dir / "20-b.toml").write_text('[[rule]]\nregexp = ".*"\nurl = "http://b/{0}"\n')
     (rules_dir / "10-a.toml").write_text('[[rule]]\nname = "h.example/x"\nurl = "http://a/x-{tag}"\n')
@@ -272,12 +274,11 @@ def test_missing_rules_directory_is_empty(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"default_scheme": "ftp"},
         {"max_virtual_size_bytes": 0},
         {"file_roots": ("relative",)},
         {"max_download_bytes": -1},
     ],
-    ids=["scheme", "size", "relative-root", "download-limit"],
+    ids=["size", "relative-root", "download-limit"],
 )
 def test_bad_image_config_is_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):

@@ -10,7 +10,7 @@ import pytest
 from qmprt.config import Config
 from qmprt.errors import InvalidArgument
 from qmprt.image.boot import BootFiles
-from qmprt.image.store import ImageRecord
+from qmprt.image.records import ImageRecord
 from qmprt.pod import guest, planning
 from qmprt.pod.annotations import parse_annotations
 from qmprt.pod.specs import Resources
