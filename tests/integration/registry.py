@@ -15,8 +15,12 @@ import socket
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 USER, PASSWORD = "qmprt", "s3cret-pass"
 TOOLS = ("docker-registry", "skopeo", "htpasswd", "openssl")
@@ -24,6 +28,18 @@ TOOLS = ("docker-registry", "skopeo", "htpasswd", "openssl")
 
 def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def running_registry(tmp_path_factory: Any) -> Iterator[Registry]:
+    """A test module's registry fixture: skipped without the tools, started, stopped by PID."""
+    if missing := missing_tools():
+        pytest.skip(f"needs {', '.join(missing)} (tools/install.sh installs them)")
+    running = Registry(tmp_path_factory.mktemp("registry"))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def _free_port() -> int:

@@ -25,12 +25,16 @@ from qmprt.image.rules import ImageConfig
 from qmprt.image.store import ImageStore
 
 from .guests import TinyGuest
-from .registry import PASSWORD, USER, Registry, oci_index, oci_layout, tar_layer
+from .registry import PASSWORD, USER, Registry, oci_index, oci_layout, running_registry, tar_layer
 from .test_image_store import assert_nothing_stored
-from .test_registry_harness import registry  # noqa: F401 - the module's registry fixture
 
 GOOD = PullAuth(username=USER, password=PASSWORD)
 LIMIT = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from running_registry(tmp_path_factory)
 
 
 def sha256(data: bytes) -> str:
