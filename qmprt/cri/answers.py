@@ -217,7 +217,7 @@ def image(record: ImageRecord) -> cri.Image:
     return cri.Image(
         id=record.digest,
         repo_tags=tags,
-        repo_digests=sorted(set(repo_digests), key=repo_digests.index),
+        repo_digests=list(dict.fromkeys(repo_digests)),
         size=record.size_bytes,
         spec=cri.ImageSpec(image=record.digest),
     )

@@ -330,10 +330,16 @@ async def run_abortable(
     thread; cancelling sets ``abort`` and waits briefly for the worker to stop before re-raising."""
     loop = asyncio.get_running_loop()
     abort = Abort()
+    last_report = [0.0]
 
     def report(done: int, total: int | None) -> None:
+        # At most every PROGRESS_CALLBACK_INTERVAL_S on the loop, and always the last (done == total).
         if progress is None or abort.is_set:
             return
+        now = time.monotonic()
+        if total is not None and done < total and now - last_report[0] < PROGRESS_CALLBACK_INTERVAL_S:
+            return
+        last_report[0] = now
         try:
             loop.call_soon_threadsafe(progress, done, total)
         except RuntimeError:  # the loop closed under a worker still finishing

@@ -277,7 +277,7 @@ class ImageStore:
                 with self._index.current():
                     if digest_hex(reference.digest) in self._index.images:
                         # Pinned content already here: nothing to download.
-                        return self._publish_name(reference.name, reference.digest)
+                        return self._publish_name((reference.name,), reference.digest)
             url, settings = route
             label = reference.name if reference.name == url else f"{reference.name} from {url}"
             authorization = auth.header() if auth is not None else None
@@ -307,9 +307,7 @@ class ImageStore:
             known = self._index.names.get(resolved.repository_digest)
             if known is not None and digest_hex(known) in self._index.images:
                 log.info("%s is stored already (%s): no download", resolved.repository_digest, known)
-                for each in names:
-                    self._index.names.set(each, known)
-                return self._record(digest_hex(known))
+                return self._publish_name(names, known)
 
         async def fetch_into(temp: Path, report: Progress) -> Fetched:
             def work(abort: Abort, report_bytes: Progress) -> Fetched:
@@ -323,9 +321,10 @@ class ImageStore:
         async with self._downloads.verified(("registry", resolved.repository_digest), resolved.label, fetch_into, progress) as verified:
             return self._publish(verified, names)
 
-    def _publish_name(self, name: str, digest: str) -> ImageRecord:
+    def _publish_name(self, names: tuple[str, ...], digest: str) -> ImageRecord:
         with self._index.exclusive():
-            self._index.names.set(name, digest)
+            for name in names:
+                self._index.names.set(name, digest)
             return self._record(digest_hex(digest))
 
     def close(self) -> None:

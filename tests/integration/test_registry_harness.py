@@ -21,21 +21,14 @@ from qmprt.image.ocilayers import Layer, copy_disk, find_disk
 from qmprt.image.ocimanifest import ACCEPT, parse_document, parse_manifest
 from qmprt.image.registry import RegistryClient
 
-from .registry import PASSWORD, USER, Registry, missing_tools, oci_index, oci_layout, tar_layer
+from .registry import PASSWORD, USER, Registry, oci_index, oci_layout, running_registry, tar_layer
 
 GOOD = PullAuth(username=USER, password=PASSWORD)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if missing := missing_tools():
-        pytest.skip(f"needs {', '.join(missing)} (tools/install.sh installs them)")
-    running = Registry(tmp_path_factory.mktemp("registry"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from running_registry(tmp_path_factory)
 
 
 def get(registry: Registry, path: str, credentials: tuple[str, str] | None) -> tuple[int, bytes, dict[str, str]]:
