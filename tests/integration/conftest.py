@@ -7,9 +7,12 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from cri_api.v1 import api_pb2_grpc
+from grpc import aio
 
 from qmprt import cgroups
 from qmprt.pod.runtime import Runtime
@@ -124,3 +127,11 @@ async def runtimes() -> AsyncIterator[list[Runtime]]:
         for info in last.list_sandboxes():
             await last.remove_sandbox(info.id)
         await last.close()
+
+
+@pytest.fixture
+async def stubs(server: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """(RuntimeService, ImageService) stubs on a channel to the module's ``server`` (a ServerProcess)."""
+    channel = aio.insecure_channel(server.address)
+    yield api_pb2_grpc.RuntimeServiceStub(channel), api_pb2_grpc.ImageServiceStub(channel)
+    await channel.close()

@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
-from cri_api.v1 import api_pb2_grpc
 from grpc import aio
 
 from qmprt import cgroups
@@ -67,13 +66,6 @@ def server(
     with served(tmp_path_factory.mktemp("img"), tiny, f"{TEST_CGROUP_ROOT}/img", "unused.qmprt.test/x:1",
                 image_rules=rules) as server:
         yield server
-
-
-@pytest.fixture
-async def stubs(server: ServerProcess) -> AsyncIterator[tuple[Any, Any]]:
-    channel = aio.insecure_channel(server.address)
-    yield api_pb2_grpc.RuntimeServiceStub(channel), api_pb2_grpc.ImageServiceStub(channel)
-    await channel.close()
 
 
 def sha256_of(path: Path) -> str:
