@@ -7,6 +7,7 @@ free port and stopped by PID. ``push_layout`` copies an OCI image layout to it w
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 USER, PASSWORD = "qmprt", "s3cret-pass"
+GZIP_MAGIC = b"\x1f\x8b"
 TOOLS = ("docker-registry", "skopeo", "htpasswd", "openssl")
 
 
@@ -136,17 +138,26 @@ def tar_layer(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _uncompressed(layer: bytes) -> bytes:
+    return gzip.decompress(layer) if layer[:2] == GZIP_MAGIC else layer
+
+
+def _layer_type(layer: bytes) -> str:
+    return "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if layer[:2] == GZIP_MAGIC else "")
+
+
 def oci_layout(layout: Path, tag: str, layers: list[bytes], architecture: str = "amd64") -> str:
-    """An OCI image layout holding one image of uncompressed tar ``layers``; returns its manifest digest."""
+    """An OCI image layout holding one image of tar ``layers`` (gzipped ones are recognised by their
+    magic and typed ``tar+gzip``); returns its manifest digest."""
     layout.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(_uncompressed(layer)).hexdigest() for layer in layers]
     config = {"architecture": architecture, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(layout, json.dumps(config).encode())},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(layout, layer)} for layer in layers],
+        "layers": [{"mediaType": _layer_type(layer), **_blob(layout, layer)} for layer in layers],
     }
     descriptor = {"mediaType": manifest["mediaType"], **_blob(layout, json.dumps(manifest).encode()),
                   "annotations": {"org.opencontainers.image.ref.name": tag}}

@@ -7,6 +7,7 @@ Refusals are checked before anything boots; the two boots are the module's only 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import secrets
 import subprocess
@@ -38,9 +39,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 @pytest.fixture(scope="module")
 def manifest(registry: Registry, tiny: TinyGuest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny guest as a containerDisk pushed as vm/tiny:1; its manifest digest."""
+    """The tiny guest as a containerDisk pushed as vm/tiny:1, its layer gzipped as docker build makes
+    them (the containerdisks project's images); its manifest digest."""
     layout = tmp_path_factory.mktemp("layout")
-    digest = oci_layout(layout, "1", [tar_layer({"disk/tiny.qcow2": tiny.disk.read_bytes()})])
+    layer = gzip.compress(tar_layer({"disk/tiny.qcow2": tiny.disk.read_bytes()}), compresslevel=1)
+    digest = oci_layout(layout, "1", [layer])
     registry.push_layout(layout, "1", "vm/tiny:1")
     return digest
 

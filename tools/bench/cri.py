@@ -185,11 +185,14 @@ class QmprtUnderTest:
 
 
 @contextlib.contextmanager
-def qmprt_server(log_level: str = "warning", cni_settings: str = "", exec_prefix: Sequence[str] = ()) -> Iterator[QmprtUnderTest]:
+def qmprt_server(
+    log_level: str = "warning", cni_settings: str = "", exec_prefix: Sequence[str] = (), extra_config: str = ""
+) -> Iterator[QmprtUnderTest]:
     """A private ``qmprt serve`` (temp state, unix socket, own cgroup root) with the tiny guest pulled.
 
-    ``cni_settings`` and ``exec_prefix`` go to ``ServerProcess`` (network.py runs the server inside a
-    node network namespace with ``nsenter``); the CNI config directory is ``server.cni_dir``, empty.
+    ``cni_settings``, ``exec_prefix`` and ``extra_config`` go to ``ServerProcess`` (network.py runs the
+    server inside a node network namespace with ``nsenter``; containerdisk.py adds its registry's
+    ``[image.registry."HOST"]`` table); the CNI config directory is ``server.cni_dir``, empty.
 
     On the way out every pod is removed, the server stopped by PID, any QEMU it left killed, and the
     state, socket directory and cgroup root deleted, whatever happened inside.
@@ -199,7 +202,8 @@ def qmprt_server(log_level: str = "warning", cni_settings: str = "", exec_prefix
     socket_dir = Path(tempfile.mkdtemp(prefix="qbc-", dir="/tmp"))
     cgroup_root = f"qmprt-bench-{os.getpid()}"
     server = ServerProcess(
-        work, socket_dir, guest, cgroup_root, IMAGE, log_level=log_level, cni_settings=cni_settings, exec_prefix=exec_prefix
+        work, socket_dir, guest, cgroup_root, IMAGE, log_level=log_level, cni_settings=cni_settings,
+        exec_prefix=exec_prefix, extra_config=extra_config,
     )
     client: Client | None = None
     try:

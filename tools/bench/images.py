@@ -33,7 +33,7 @@ from typing import Any
 
 from common import summary
 
-from qmprt.image import ImageConfig, ImageStore, TranslationRule, Transport, create_overlay, inspect_image
+from qmprt.image import FetchSettings, ImageConfig, ImageStore, TranslationRule, create_overlay, inspect_image
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -79,7 +79,7 @@ def timed(action: Any) -> float:
 
 
 async def pull_once(work: Path, index: int, url: str) -> tuple[float, ImageStore]:
-    direct = Transport(proxy="")
+    direct = FetchSettings(proxy="")
     config = ImageConfig(rules=(TranslationRule(url=url, name=NAME.rsplit(":", 1)[0], transport=direct),), default_transport=direct)
     store = ImageStore(work / f"store-{index}", config)
     started = time.perf_counter()
