@@ -304,8 +304,9 @@ def _pull_bytes(client: CRIClient, name: str, elapsed: float) -> str:
 
 
 def remove_images(client: CRIClient, names: Sequence[str], out: TextIO) -> int:
-    """Removes each image that exists; one that does not is an error (RemoveImage itself is idempotent,
-    so ask ImageStatus first, as crictl does), after the others are removed."""
+    """Removes each image that exists, with all its names (printed, as crictl does: its tags, else its
+    digests); one that does not is an error (RemoveImage itself is idempotent, so ask ImageStatus
+    first, as crictl does), after the others are removed."""
     missing = []
     for name in names:
         status = client.images("ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=name)))
@@ -313,7 +314,8 @@ def remove_images(client: CRIClient, names: Sequence[str], out: TextIO) -> int:
             missing.append(name)
             continue
         client.images("RemoveImage", cri.RemoveImageRequest(image=cri.ImageSpec(image=name)))
-        out.write(f"Deleted: {name}\n")
+        for removed in list(status.image.repo_tags) or list(status.image.repo_digests) or [name]:
+            out.write(f"Deleted: {removed}\n")
     if missing:
         raise NotFound(f"no such image: {', '.join(missing)}")
     return 0

@@ -68,13 +68,6 @@ class NamesIndex:
         if self._names.get(name) != digest:
             self._replace({**self._names, name: digest})
 
-    def remove_name(self, name: str) -> str | None:
-        """Drop ``name``; the digest it pointed at, or None when it was not there."""
-        digest = self._names.get(name)
-        if digest is not None:
-            self._replace({key: value for key, value in self._names.items() if key != name})
-        return digest
-
     def remove_digest(self, digest: str) -> tuple[str, ...]:
         """Drop every name of ``digest``; the names dropped."""
         dropped = self.names_for(digest)

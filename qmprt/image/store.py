@@ -191,41 +191,21 @@ class ImageStore:
         log.info("removed image sha256:%s", hexdigest)
 
     def remove(self, ref: str, in_use: Callable[[str], bool]) -> None:
-        """Remove a name (and the image with its last name), or an image by digest with all its names.
+        """Remove the image ``ref`` designates (a name, a digest, ``name@digest``) with all its names.
 
+        As containerd does, and as crictl's ``rmi`` says it will ("removing this image will delete all of
+        the following tags"): the CRI's RemoveImage removes an image, whichever reference names it.
         Unknown references are not an error; an image in use is (FailedPrecondition).
         """
         with self._index.exclusive():
-            name = self._registered_name(ref)
-            if name is not None:
-                digest = self._index.names.get(name)
-                assert digest is not None
-                if in_use(digest):
-                    raise FailedPrecondition(f"image {name} ({digest}) is used by a container")
-                self._index.names.remove_name(name)
-                self._drop_orphaned_digest_names(name, digest)
-                if not self._index.names.names_for(digest):
-                    self._delete(digest_hex(digest))
-                return
             found = self._lookup(ref)
             if found is None:
                 return
             if in_use(found):
-                raise FailedPrecondition(f"image {found} is used by a container")
+                raise FailedPrecondition(f"image {ref} ({found}) is used by a container")
             if not self._index.names.remove_digest(found):
                 self._index.touch_names()  # no name changed: tell other processes the image went
             self._delete(digest_hex(found))
-
-    def _drop_orphaned_digest_names(self, removed: str, digest: str) -> None:
-        """After a tag goes: its repository's names by digest of the same image go too, unless another
-        tag of the repository still names the image (a registry pull stored the digest name beside it)."""
-        repository = parse_reference(removed).repository
-        left = [parse_reference(name) for name in self._index.names.names_for(digest)]
-        if any(ref.repository == repository and ref.digest is None for ref in left):
-            return
-        for ref in left:
-            if ref.repository == repository and not ref.is_url:
-                self._index.names.remove_name(ref.name)
 
     def set_boot_files(
         self, ref: str, kernel: str | os.PathLike[str], initrd: str | os.PathLike[str] | None, cmdline: str

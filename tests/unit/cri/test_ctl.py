@@ -5,6 +5,7 @@ server (on the fake runtime). ctl is a blocking client, so it runs in a thread b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -302,6 +303,10 @@ async def test_images_through_ctl(client: Client, fake: FakeRuntime) -> None:
     with pytest.raises(NotFound, match="no such image: never-there"):
         await _ctl(commands.remove_images, client, ["registry.example/tiny:1.0", "never-there"])
     assert not fake.images.records, "the images that exist are removed all the same"
+    record = fake.images.add("registry.example/tiny:1.0")
+    fake.images.records[record.digest] = dataclasses.replace(record, names=(*record.names, "registry.example/tiny:2"))
+    _, removed = await _ctl(commands.remove_images, client, ["registry.example/tiny:2"])
+    assert removed == "Deleted: registry.example/tiny:1.0\nDeleted: registry.example/tiny:2\n", "every tag it removed"
 
 
 async def test_pull_shows_progress_while_waiting(client: Client, fake: FakeRuntime) -> None:

@@ -28,10 +28,9 @@ def test_names_index_persists_every_change(tmp_path: Path) -> None:
     index.set("y:1", B)
     assert json.loads(path.read_text()) == {"x:1": A, "x:2": A, "y:1": B}
     assert index.names_for(A) == ("x:1", "x:2")
-    assert index.remove_name("x:1") == A
-    assert index.remove_name("x:1") is None
     index.set("y:1", A)  # a name moves to new content
-    assert index.remove_digest(A) == ("x:2", "y:1")
+    assert index.remove_digest(A) == ("x:1", "x:2", "y:1")
+    assert index.remove_digest(A) == ()
     assert NamesIndex(path).as_dict() == {}
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
