@@ -32,11 +32,12 @@ def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
-def running_registry(tmp_path_factory: Any) -> Iterator[Registry]:
-    """A test module's registry fixture: skipped without the tools, started, stopped by PID."""
+def running_registry(tmp_path_factory: Any, **kinds: bool) -> Iterator[Registry]:
+    """A test module's registry fixture: skipped without the tools, started, stopped by PID.
+    ``kinds``: ``auth`` and ``tls`` of ``Registry``."""
     if missing := missing_tools():
         pytest.skip(f"needs {', '.join(missing)} (tools/install.sh installs them)")
-    running = Registry(tmp_path_factory.mktemp("registry"))
+    running = Registry(tmp_path_factory.mktemp("registry"), **kinds)
     running.start()
     try:
         yield running
@@ -44,7 +45,7 @@ def running_registry(tmp_path_factory: Any) -> Iterator[Registry]:
         running.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -52,7 +53,11 @@ def _free_port() -> int:
 
 @dataclass
 class Registry:
+    """``auth=False``: anonymous pulls and pushes; ``tls=False``: plain HTTP (a mirror of either kind)."""
+
     directory: Path
+    auth: bool = True
+    tls: bool = True
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     cert_dir: Path = field(init=False)
@@ -78,15 +83,19 @@ class Registry:
         htpasswd = self.directory / "htpasswd"
         line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True).stdout
         htpasswd.write_bytes(line)
-        self.port = _free_port()
+        self.port = free_port()
         config = self.directory / "config.yml"
-        config.write_text(json.dumps({  # YAML is a superset of JSON
+        settings: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "warn"},
             "storage": {"filesystem": {"rootdirectory": str(self.directory / "data")}, "delete": {"enabled": True}},
-            "http": {"addr": self.host, "tls": {"certificate": str(self.ca), "key": str(key)}},
-            "auth": {"htpasswd": {"realm": "qmprt-test", "path": str(htpasswd)}},
-        }))
+            "http": {"addr": self.host},
+        }
+        if self.tls:
+            settings["http"]["tls"] = {"certificate": str(self.ca), "key": str(key)}
+        if self.auth:
+            settings["auth"] = {"htpasswd": {"realm": "qmprt-test", "path": str(htpasswd)}}
+        config.write_text(json.dumps(settings))  # YAML is a superset of JSON
         log = open(self.directory / "registry.log", "wb")
         self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -115,7 +124,11 @@ class Registry:
     def push_layout(self, layout: Path, tag: str, reference: str, *, all_images: bool = False) -> None:
         """``skopeo copy oci:LAYOUT:TAG docker://HOST/REFERENCE`` with the test's credentials and CA; the
         digests stay the layout's (skopeo would otherwise compress the layers and rewrite the manifest)."""
-        command = ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-cert-dir", str(self.cert_dir), "--dest-creds", f"{USER}:{PASSWORD}"]
+        command = ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-cert-dir", str(self.cert_dir)]
+        if self.auth:
+            command += ["--dest-creds", f"{USER}:{PASSWORD}"]
+        if not self.tls:
+            command.append("--dest-tls-verify=false")
         if all_images:
             command.append("--all")
         subprocess.run([*command, f"oci:{layout}:{tag}", f"docker://{self.host}/{reference}"], check=True, capture_output=True, timeout=300)

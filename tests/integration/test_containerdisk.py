@@ -25,7 +25,7 @@ from qmprt.image.rules import ImageConfig
 from qmprt.image.store import ImageStore
 
 from .guests import TinyGuest
-from .registry import PASSWORD, USER, Registry, oci_index, oci_layout, running_registry, tar_layer
+from .registry import PASSWORD, USER, Registry, free_port, oci_index, oci_layout, running_registry, tar_layer
 from .test_image_store import assert_nothing_stored
 
 GOOD = PullAuth(username=USER, password=PASSWORD)
@@ -100,6 +100,44 @@ async def test_an_index_gives_its_amd64_disk(registry: Registry, store: ImageSto
     record = await store.pull(f"{registry.host}/vm/multi:1", GOOD)
     assert record.digest == sha256(tiny.disk.read_bytes())
     assert f"{registry.host}/vm/multi@{amd}" in record.names, "the repo digest is the amd64 manifest's"
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A second registry: anonymous, plain HTTP."""
+    yield from running_registry(tmp_path_factory, auth=False, tls=False)
+
+
+async def test_mirrors_are_tried_in_order_without_the_pulls_credentials(
+    registry: Registry, mirror: Registry, tiny_disk: tuple[bytes, str], tmp_path: Path
+) -> None:
+    """The upstream is a port nothing listens on: the pull must come from a mirror. The first mirror
+    (the test registry, which needs a login and holds the tiny guest as vm/tiny:1) gets no credentials,
+    refuses, and is skipped; the second (anonymous, plain HTTP) serves its own, different vm/tiny:1."""
+    blank = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "16M"], check=True)
+    manifest = push(mirror, tmp_path / "layout", "vm/tiny:1", [tar_layer({"disk/blank.qcow2": blank.read_bytes()})])
+    upstream = f"127.0.0.1:{free_port()}"
+    direct = FetchSettings(proxy="", timeout_s=10)
+    hosts = {
+        upstream: RegistryHost(direct, mirrors=(registry.host, mirror.host)),
+        registry.host: RegistryHost(FetchSettings(ca_file=str(registry.ca), proxy="", timeout_s=10)),
+        mirror.host: RegistryHost(direct, plain_http=True),
+    }
+    store = ImageStore(tmp_path / "images", ImageConfig(registries=hosts, max_virtual_size_bytes=LIMIT))
+    try:
+        record = await store.pull(f"{upstream}/vm/tiny:1", GOOD)
+        assert record.digest == sha256(blank.read_bytes()), "the second mirror's disk: the first got no login"
+        assert set(record.names) == {f"{upstream}/vm/tiny:1", f"{upstream}/vm/tiny@{manifest}"}
+        store.remove(record.digest, in_use=lambda digest: False)
+        only_the_login_mirror = {**hosts, upstream: RegistryHost(direct, mirrors=(registry.host,))}
+        store.close()
+        store = ImageStore(tmp_path / "images", ImageConfig(registries=only_the_login_mirror, max_virtual_size_bytes=LIMIT))
+        with pytest.raises(Unavailable, match=upstream):
+            await store.pull(f"{upstream}/vm/tiny:1", GOOD)
+        assert_nothing_stored(store)
+    finally:
+        store.close()
 
 
 async def test_credentials_missing_or_wrong_are_refused_naming_the_registry(
