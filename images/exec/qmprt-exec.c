@@ -3,6 +3,9 @@
  * pty, TCP connections to guest ports) over one virtio-serial port with a single poll() loop.
  *
  *   qmprt-exec [-d] [PORT]     PORT defaults to /dev/virtio-ports/io.qmprt.exec.0; -d daemonizes
+ *   qmprt-exec -r              reseed the kernel's RNG from stdin (up to 512 bytes, credited as
+ *                              entropy, then RNDRESEEDCRNG): a VM cloned from a template must not
+ *                              draw the same random numbers as its siblings
  *
  * Written in C and linked statically so one binary runs on any x86_64 guest: the busybox tiny guest
  * (no Python), Debian, and stock cloud images that get it through the cloud-init seed.
@@ -31,6 +34,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/random.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -612,11 +616,30 @@ static int open_port(const char *path) {
     exit(1);
 }
 
+static int reseed(void) {
+    enum { MAX_SEED = 512 };
+    struct rand_pool_info *pool = xrealloc(NULL, sizeof *pool + MAX_SEED);
+    unsigned char *bytes = (unsigned char *)pool->buf;
+    size_t got = 0;
+    ssize_t n;
+    while (got < MAX_SEED && (n = read(0, bytes + got, MAX_SEED - got)) > 0) got += (size_t)n;
+    if (got < 32) { fprintf(stderr, "qmprt-exec: reseed needs at least 32 bytes on stdin, got %zu\n", got); return 2; }
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) { perror("qmprt-exec: /dev/urandom"); return 1; }
+    pool->entropy_count = (int)(got * 8);
+    pool->buf_size = (int)got;
+    int failed = ioctl(fd, RNDADDENTROPY, pool) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0;
+    if (failed) perror("qmprt-exec: reseed");
+    close(fd);
+    return failed;
+}
+
 int main(int argc, char **argv) {
     int daemonize = 0, opt;
-    while ((opt = getopt(argc, argv, "d")) != -1) {
+    while ((opt = getopt(argc, argv, "dr")) != -1) {
         if (opt == 'd') daemonize = 1;
-        else { fprintf(stderr, "usage: qmprt-exec [-d] [PORT]\n"); return 2; }
+        else if (opt == 'r') return reseed();
+        else { fprintf(stderr, "usage: qmprt-exec [-d] [PORT] | qmprt-exec -r < SEED\n"); return 2; }
     }
     const char *path = optind < argc ? argv[optind] : "/dev/virtio-ports/io.qmprt.exec.0";
     port_fd = open_port(path);  /* before daemonizing, so a second instance (EBUSY) fails visibly */

@@ -64,7 +64,11 @@ def seed_files(spec: SeedSpec, format: SeedFormat = SeedFormat.NOCLOUD) -> dict[
 
 def write_seed_iso(spec: SeedSpec, path: str | os.PathLike[str], format: SeedFormat = SeedFormat.NOCLOUD) -> None:
     """Render ``spec`` and write it as a seed ISO of ``format`` at ``path``, atomically."""
-    files = seed_files(spec, format)  # render (and validate) before touching the filesystem
+    write_iso_files(seed_files(spec, format), path, format)  # rendered (and validated) first
+
+
+def write_iso_files(files: dict[str, bytes], path: str | os.PathLike[str], format: SeedFormat) -> None:
+    """``files`` (by path) as a seed ISO labelled for ``format`` at ``path``, atomically."""
     destination = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(destination))
     fd, temp_path = tempfile.mkstemp(prefix=".seed-", suffix=".iso.tmp", dir=directory)

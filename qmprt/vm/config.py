@@ -86,6 +86,26 @@ class NICConfig:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """Guest RAM in ``ram`` (a file) and the device state in ``state`` (a QEMU migration stream).
+
+    ``save`` (a template being built): RAM is the file, mapped shared, so what the guest wrote is in it
+    when the VM is paused; the migration stream skips it (QEMU's ``x-ignore-shared``) and holds only the
+    devices. ``restore`` (a clone): the same file mapped private, copy on write (the template's file never
+    changes; clean pages stay shared between clones in the page cache), and QEMU waits for the stream
+    (``-incoming defer``). Both give the guest a ``vmgenid`` device, which a restore changes.
+    """
+
+    role: str  # "save" | "restore"
+    ram: str
+    state: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ("save", "restore"):
+            raise InvalidArgument(f"a snapshot is saved or restored, not {self.role!r}")
+
+
+@dataclass(frozen=True)
 class VMConfig:
     """What to run. ``root_disk`` is the disk QEMU boots (an overlay, usually); ``seed`` the NoCloud ISO.
 
@@ -123,6 +143,7 @@ class VMConfig:
     # QEMU drops root once it has opened what it needs: it becomes this (uid, gid) and is confined to
     # the VM's state directory (``-runas``, ``-chroot``). None: it stays root (engine tests, debugging).
     run_as: tuple[int, int] | None = None
+    snapshot: Snapshot | None = None
 
     def __post_init__(self) -> None:
         # Planned once (it also checks the layout); memory_plan() hands out this one.
@@ -135,6 +156,13 @@ class VMConfig:
             raise InvalidArgument(f"a VM's user and group must be non-root ids, not {self.run_as}")
         if not self.shared_memory and any("vhost-user" in arg for arg in self.extra_args()):
             raise InvalidArgument("vhost-user devices (virtiofs shares) need the VM's shared_memory")
+        if self.snapshot is not None and (
+            self.hugepages is not None or self.shared_memory or self.guest_numa_nodes != 1 or self.host_nodes
+        ):
+            raise InvalidArgument(
+                "a template's RAM is one plain file: hugepages, shared memory (virtiofs), guest NUMA "
+                "nodes and host node bindings cannot be templated"
+            )
 
     def memory_plan(self) -> MemoryPlan:
         plan: MemoryPlan = self.__dict__["_memory_plan"]
@@ -172,6 +200,7 @@ class VMConfig:
                 "extra_devices": (RawArgs(extra_args),) if extra_args else (),
                 "nics": tuple(NICConfig(**nic) for nic in document.get("nics", ())),
                 "run_as": tuple(document["run_as"]) if document.get("run_as") else None,
+                "snapshot": Snapshot(**document["snapshot"]) if document.get("snapshot") else None,
             }
         )
 

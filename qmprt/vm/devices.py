@@ -211,6 +211,15 @@ class VirtioRng:
 
 
 @dataclass(frozen=True)
+class VMGenID:
+    """The VM generation id (ACPI): a guest kernel with the vmgenid driver reseeds its RNG when it
+    changes, which a restored snapshot's does (``guid=auto``: a new one at every QEMU start)."""
+
+    def args(self) -> list[str]:
+        return ["-device", _json_arg({"driver": "vmgenid", "id": "vmgenid0", "guid": "auto"})]
+
+
+@dataclass(frozen=True)
 class KernelBoot:
     """Direct kernel boot: QEMU loads the kernel and initramfs itself, no bootloader."""
 

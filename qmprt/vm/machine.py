@@ -39,7 +39,7 @@ from qmprt.vm.numa import check_host
 from qmprt.vm.pinning import PinReport, parse_cpuset, pin_threads
 from qmprt.vm.config import ShutdownStep, StartTimings, VMConfig, VMState, VMStatus
 from qmprt.vm.exits import classify_exit, infer_unwatched_exit
-from qmprt.vm import files
+from qmprt.vm import files, snapshot
 from qmprt.vm.files import read_metadata, remove_state_files, tail, tail_bytes, write_metadata
 from qmprt.vm.process import CgroupLike, QemuProcess, same_process
 from qmprt.vm.render import render
@@ -52,6 +52,7 @@ __all__ = ["VM"]
 log = logging.getLogger(__name__)
 
 EXIT_SETTLE_SECONDS = 2.0
+RESTORE_TIMEOUT_S = 60.0  # a clone reading its template's device state (a few hundred KiB)
 
 
 class VM:
@@ -87,6 +88,7 @@ class VM:
         self._after_exit_task: asyncio.Task[None] | None = None  # kept: a task nobody holds can vanish
         self._exit_task: asyncio.Task[None] | None = None
         self.timings = StartTimings()
+        self.snapshot_fd = -1  # a clone's template state file: the fd QEMU inherits, same number
         self.console_taps = ConsoleTaps()  # attachers' output; console_input: their shared keyboard
         self.console_input = ConsoleInput(str(self.console_socket))
         self.console = ConsolePump(
@@ -146,6 +148,10 @@ class VM:
             argv = spec.argv()
             vm._record_start(undo, argv)
             pass_fds = [sock.fileno() for sock in sockets.values()] + list(nic_fds)
+            if config.snapshot is not None and config.snapshot.role == "restore":
+                vm.snapshot_fd = snapshot.open_state(config.snapshot)
+                undo.callback(os.close, vm.snapshot_fd)
+                pass_fds.append(vm.snapshot_fd)
             pid = vm._process.spawn(argv, state_path, vm._qemu_log, pass_fds)
             vm.timings.spawned = time.monotonic()
             undo.push_async_callback(vm._process.kill_unstarted)
@@ -154,7 +160,11 @@ class VM:
                 sock.close()
             await vm._attach(first_start=True)
             vm.timings.monitor_ready = time.monotonic()
+            if config.snapshot is not None and vm.monitor is not None:
+                await snapshot.begin(vm.monitor, config.snapshot, vm.snapshot_fd, RESTORE_TIMEOUT_S)
             undo.pop_all()
+        if vm.snapshot_fd >= 0:
+            os.close(vm.snapshot_fd)  # QEMU has its own copy, under the same number
         return vm
 
     def _listen(self, undo: contextlib.AsyncExitStack) -> dict[str, socket.socket]:

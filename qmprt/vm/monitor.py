@@ -87,6 +87,14 @@ class Monitor:
         except (QMPError, OSError, EOFError) as err:
             raise Unavailable(f"QMP {command}: the monitor is gone ({err!r})") from err
 
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` (SCM_RIGHTS on the QMP socket), known to it as ``name`` (``getfd``)."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as err:
+            raise Unavailable(f"QMP getfd {name}: cannot pass the fd ({err!r})") from err
+        await self.execute("getfd", {"fdname": name})
+
     @staticmethod
     def _event(message: Mapping[str, Any]) -> MonitorEvent:
         stamp = message.get("timestamp", {})

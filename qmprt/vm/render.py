@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 from qmprt.errors import InvalidArgument
 from qmprt.virtio import Transport
-from qmprt.vm.config import VMConfig
+from qmprt.vm.config import Snapshot, VMConfig
 from qmprt.vm.devices import (
     Blockdev,
+    MemoryBackend,
     PvPanic,
     QMPMonitor,
     SerialConsole,
@@ -25,6 +26,7 @@ from qmprt.vm.devices import (
     VirtioRng,
     VirtioSerial,
     VirtSerialPort,
+    VMGenID,
 )
 from qmprt.vm.spec import Device, VMSpec
 
@@ -40,17 +42,29 @@ def render(
     if len(nic_fds) != len(config.nics):
         raise InvalidArgument(f"{len(config.nics)} NICs configured but {len(nic_fds)} tap fds given")
     memory = config.memory_plan()
+    backends = memory.backends
     transport = Transport.for_machine(config.machine)
     devices = _monitors_and_console(fds, console_log) + _disks(config, transport)
     devices += config.extra_devices
     devices += _nics(config, nic_fds, transport) + _guest_devices(fds, transport)
+    if config.snapshot is not None:
+        backends = (_snapshot_ram(config.snapshot, backends),)
+        devices.append(VMGenID())
     return VMSpec(
         name=config.vm_id, machine=config.machine, accel=config.accel, cpus=config.cpus,
         memory_mib=config.memory_mib, kernel=config.kernel,
-        memory_backends=memory.backends, numa_nodes=memory.nodes,
+        memory_backends=backends, numa_nodes=memory.nodes,
         devices=tuple(devices), binary=config.binary, tcg_tb_size_mib=config.tcg_tb_size_mib,
         run_as=config.run_as, chroot=jail if config.run_as is not None else None,
+        incoming_deferred=config.snapshot is not None and config.snapshot.role == "restore",
     )
+
+
+def _snapshot_ram(snapshot: Snapshot, planned: tuple[MemoryBackend, ...]) -> MemoryBackend:
+    """The one RAM backend of a template (shared: the guest's writes land in the file) or of a clone
+    (private: copy on write over the template's file). ``VMConfig`` allows nothing but one plain backend."""
+    (backend,) = planned
+    return MemoryBackend(backend.id, backend.size_mib, "file", mem_path=snapshot.ram, share=snapshot.role == "save")
 
 
 def _monitors_and_console(fds: dict[str, int], console_log: str) -> list[Device]:

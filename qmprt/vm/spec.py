@@ -44,6 +44,7 @@ class VMSpec:
     tcg_tb_size_mib: int | None = None
     panic_action: Literal["shutdown", "exit-failure", "pause", "none"] = "exit-failure"
     start_paused: bool = False
+    incoming_deferred: bool = False  # -incoming defer: the VM waits for migrate-incoming (a restore)
     memory_backends: tuple[MemoryBackend, ...] = ()
     numa_nodes: tuple[NumaNode, ...] = ()
     # After it has opened everything (disks, sockets, /dev/kvm, taps), QEMU chroots to ``chroot`` and
@@ -133,4 +134,6 @@ class VMSpec:
             argv += device.args()
         if self.start_paused:
             argv.append("-S")
+        if self.incoming_deferred:
+            argv += ["-incoming", "defer"]
         return argv

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from qmprt.virtio import Transport
-from qmprt.vm.config import DiskConfig, VMConfig
+from qmprt.errors import InvalidArgument
+from qmprt.vm.config import DiskConfig, Snapshot, VMConfig
 from qmprt.vm.devices import Blockdev, KernelBoot, MemoryBackend, NumaNode, VirtioBalloon, VirtioBlk
 from qmprt.vm.machine import VM
 from qmprt.vm.numa import HugepageConfig
@@ -324,3 +325,27 @@ def test_a_vm_that_drops_root_chroots_and_keeps_setuid_allowed() -> None:
 def test_spec_refuses_a_drop_that_keeps_root(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VMSpec(name="x", machine="q35", accel="tcg", cpus=1, memory_mib=128, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("role", "share", "tail"), [("save", True, []), ("restore", False, ["-incoming", "defer"])])
+def test_a_template_and_its_clone_map_one_ram_file(role: str, share: bool, tail: list[str]) -> None:
+    config = _direct_boot(snapshot=Snapshot(role, "/t/ram", "/t/state"))
+    vmgenid = ["-device", '{"driver":"vmgenid","id":"vmgenid0","guid":"auto"}']
+    assert VM.render(config, FDS, "/s/console.raw").argv() == _q35_direct_argv("q35,memory-backend=mem0", 1, 128, [
+        "-object", '{"qom-type":"memory-backend-file","id":"mem0","size":134217728,"mem-path":"/t/ram",'
+                   f'"share":{"true" if share else "false"}}}',
+    ]) + vmgenid + tail
+    assert VMConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"hugepages": HugepageConfig(mount="/hp")}, {"shared_memory": True}, {"guest_numa_nodes": 2, "cpus": 2},
+     {"host_nodes": (0,)}],
+    ids=["hugepages", "shared-memory", "guest-numa", "host-nodes"],
+)
+def test_a_template_is_one_plain_ram_file(fields: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument, match="cannot be templated"):
+        _direct_boot(snapshot=Snapshot("save", "/t/ram", "/t/state"), **fields)
+    with pytest.raises(InvalidArgument, match="saved or restored"):
+        Snapshot("copy", "/t/ram", "/t/state")
