@@ -171,6 +171,11 @@ class ExecChannel:
         self._write_lock = asyncio.Lock()
         self._failure = ""
 
+    @property
+    def failure(self) -> str:
+        """Why the last ``available`` said no ("no-answer", or the connection's error); "" if it did not."""
+        return self._failure
+
     async def available(self, timeout: float = 2.0) -> bool:
         """Whether the helper answers: connects (once; again after a loss) and says HELLO."""
         if self._ready:
@@ -348,7 +353,9 @@ class ExecChannel:
         port next (the host's connection to QEMU stays)."""
         log.info("exec helper port on %s %s by the guest", self.socket_path, "opened" if is_open else "closed")
         self._ready = False
-        self._failure = "no-answer"
+        # Closed: nobody answers until it opens again (short retries). Opened: a helper is there, and
+        # the next call waits for its HELLO as long as it is willing to (a clone's, under load, is slow).
+        self._failure = "" if is_open else "no-answer"
         for session in list(self._sessions.values()):
             session.end(lost=True)
         self._sessions.clear()

@@ -15,6 +15,7 @@ sits in its chroot needs no access to the template.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from qmprt.vm.monitor import Monitor
 if TYPE_CHECKING:
     from qmprt.vm.machine import VM
 
+log = logging.getLogger(__name__)
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 POLL_S = 0.005
 
@@ -107,8 +109,10 @@ async def take_identity(channel: ExecChannel, script: bytes, timeout: float) -> 
                 errors += chunk[1]
         return await process.wait(), bytes(errors)
 
+    began = asyncio.get_running_loop().time()
     if not await channel.available(timeout):
-        raise VMError("the clone's exec helper does not answer: it cannot take its identity")
+        log.warning("exec helper: no after %.2f s (%s)", asyncio.get_running_loop().time() - began, channel.failure)
+        raise VMError(f"the clone's exec helper does not answer ({channel.failure}): it cannot take its identity")
     try:
         code, errors = await asyncio.wait_for(run(), timeout)
     except asyncio.TimeoutError as err:
