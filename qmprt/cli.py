@@ -114,6 +114,7 @@ def _add_ctl(commands: Any) -> None:
     _add_ctl_removal(add, ctl, out)
     _add_ctl_images(add, ctl, out)
     _add_ctl_image(sub)
+    _add_ctl_template(sub)
     _add_ctl_stats(add, ctl, out)
 
 
@@ -256,6 +257,31 @@ def _add_ctl_image(ctl_commands: Any) -> None:
         return import_image(cfg, args.file, args.name, sys.stdout, args.kernel, args.initrd, args.cmdline)
 
     command.set_defaults(func=run)
+
+
+def _add_ctl_template(ctl_commands: Any) -> None:
+    """``ctl template warm|ls|rm``: VM templates on the state directory itself (qmprt.ctl.templates)."""
+    parser = ctl_commands.add_parser("template", help="VM templates (qmprt.io/boot: template) on this node")
+    sub = parser.add_subparsers(dest="template_command", required=True, metavar="COMMAND")
+
+    def local(command: argparse.ArgumentParser, run: Callable[[Any, argparse.Namespace], int]) -> None:
+        command.add_argument("--config", dest="store_config", help="TOML config file (state_dir, [vm])")
+        command.add_argument("--state-dir", help="state root (default from config: /var/lib/qmprt)")
+        command.set_defaults(func=lambda args: run(config_module.load(args.store_config or args.config,
+                                                                      state_dir=args.state_dir), args))
+
+    from qmprt.ctl import templates
+
+    warm = sub.add_parser("warm", help="build the template pods of IMAGE with this size would use")
+    warm.add_argument("image")
+    warm.add_argument("--memory", default="", help="the pods' memory limit (256Mi); none: [vm] memory_mib of guest RAM")
+    warm.add_argument("--cpus", type=int, default=1, help="their vCPUs (default 1)")
+    warm.add_argument("--nics", type=int, default=1, help="their CNI interfaces (default 1)")
+    local(warm, lambda cfg, a: templates.warm(cfg, a.image, sys.stdout, memory=a.memory, cpus=a.cpus, nics=a.nics))
+    local(sub.add_parser("ls", help="list the templates"), lambda cfg, a: templates.list_templates(cfg, sys.stdout))
+    remove = sub.add_parser("rm", help="remove a template (clones of it keep running)")
+    remove.add_argument("id")
+    local(remove, lambda cfg, a: templates.remove(cfg, a.id, sys.stdout))
 
 
 def _binary(stream: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -23,7 +24,7 @@ from qmprt import cgroups, state, telemetry
 from qmprt.config import Config
 from qmprt.errors import FailedPrecondition, NotFound, best_effort
 from qmprt.image.overlay import create_overlay_async
-from qmprt.pod import guest, planning
+from qmprt.pod import cloning, guest, planning
 from qmprt.pod.annotations import QmprtAnnotations, parse_annotations
 from qmprt.pod.events import EventType
 from qmprt.pod.specs import ContainerSpec, metadata_bytes
@@ -31,6 +32,7 @@ from qmprt.pod.network import PodNetworks
 from qmprt.pod.live import Container, Sandbox
 from qmprt.pod.registry import Registry
 from qmprt.pod.states import ContainerState, SandboxState
+from qmprt.pod.templates import Templates
 from qmprt.pod.storage import ShareDaemons, check_devices, check_mounts, plan_storage
 from qmprt.pod.records import ContainerStatus
 from qmprt.pod.vms import ContainerVMs
@@ -59,6 +61,7 @@ class Containers:
     images: ImageStore
     networks: PodNetworks
     accel: Accelerator
+    templates: Templates | None = None
 
     # -- create -----------------------------------------------------------------------------------------
     async def create(self, sandbox_id: str, spec: ContainerSpec) -> str:
@@ -77,6 +80,8 @@ class Containers:
                 raise NotFound(f"image {spec.image!r} is not present on this node: pull it first")
             max_bytes = self.images.config.max_virtual_size_bytes
             choices = planning.choose(spec, sandbox.spec, image, requested, self.config, max_bytes)
+            if requested.boot == "template":
+                cloning.check_request(spec, requested, choices)
             container_id = secrets.token_hex(32)
             self.registry.reserve_container_name(name_key, container_id)
             async with contextlib.AsyncExitStack() as undo:
@@ -95,11 +100,19 @@ class Containers:
         self, container_id: str, directory: Path, spec: ContainerSpec, sandbox: Sandbox, image: ImageRecord,
         requested: QmprtAnnotations, choices: planning.ContainerChoices,
     ) -> Container:
-        """The container's files in ``directory``: overlay, storage, seed, then its records."""
-        await create_overlay_async(
-            image.path, image.format, directory / guest.OVERLAY_FILE, choices.root_disk_bytes,  # type: ignore[arg-type]
-            base_virtual_size_bytes=image.virtual_size,
-        )
+        """The container's files in ``directory``: overlay, storage, seed, then its records. A template
+        container whose template is ready is a clone (``qmprt.pod.cloning``); else it boots cold and the
+        template is asked for."""
+        key = None
+        if requested.boot == "template" and self.templates is not None:
+            key = cloning.template_key(image, choices, sandbox.network, self.config, self.accel)
+        cloned = key is not None and self.templates is not None and await cloning.make_clone(
+            self.templates, key, directory, image, choices)
+        if not cloned:
+            await create_overlay_async(
+                image.path, image.format, directory / guest.OVERLAY_FILE, choices.root_disk_bytes,  # type: ignore[arg-type]
+                base_virtual_size_bytes=image.virtual_size,
+            )
         storage = await plan_storage(
             spec, requested, directory, self.vms.run_dir(container_id), Transport.for_machine(choices.machine)
         )
@@ -111,6 +124,16 @@ class Containers:
             container_id, spec, sandbox.id, sandbox.spec, image, requested, choices, storage, self.config,
             (c.record.vm_uid for c in self.registry.all_containers()),
         )
+        if key is not None and self.templates is not None:
+            cloning.check(choices, record, storage)
+            if cloned:
+                await asyncio.to_thread(
+                    guest.write_identity, directory, container_id, spec, sandbox.spec, requested, storage,
+                    sandbox.network, choices.command_exit,
+                )
+                record = dataclasses.replace(record, template=key.id)
+            else:
+                self.templates.request(key)
         # A layout this VM type or host cannot give is refused now, not at start.
         check_host(planning.memory_plan(record))
         return Container.create(container_id, directory, record, ContainerStatus(ContainerState.CREATED, time.time_ns()))
@@ -163,6 +186,8 @@ class Containers:
         config = guest.vm_config(
             container.id, container.directory, container.record, self.config, self.accel, sandbox.network
         )
+        if container.record.template:
+            config = cloning.clone_config(config, container.directory)
         cgroup: cgroups.Cgroup | None = None
         nic_fds: list[int] = []
         try:
@@ -178,6 +203,12 @@ class Containers:
                 config, container.directory, self.vms.run_dir(container.id), cgroup=cgroup,
                 log_writer=log_writer, nic_fds=nic_fds,
             )
+            if container.record.template:
+                try:
+                    await cloning.give_identity(vm, container.directory)
+                except BaseException:
+                    await vm.stop(grace=0)
+                    raise
         except BaseException as err:
             await self._undo_start(container, cgroup, log_writer, err)
             raise

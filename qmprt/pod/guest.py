@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from qmprt.cloudinit import COMMAND_EXIT_MARKER, SeedFormat, SeedSpec, write_seed_iso
+from qmprt.cloudinit import COMMAND_EXIT_MARKER, SeedFormat, SeedSpec, seed_files, write_seed_iso
 from qmprt.config import Config, VMDefaults
 from qmprt.errors import InvalidArgument, ResourceExhausted
 from qmprt.pod.specs import ContainerSpec, SandboxSpec
@@ -70,6 +70,30 @@ def write_seed(
     except ValueError as err:
         raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
     return path
+
+
+IDENTITY_DIR = "identity"
+
+
+def write_identity(
+    directory: Path, container_id: str, container: ContainerSpec, sandbox: SandboxSpec,
+    requested: QmprtAnnotations, plan: StoragePlan, network: PodNetwork | None = None, command_exit: str = "keep",
+) -> None:
+    """A clone's identity: the NoCloud files its seed would hold (without the exec helper, which its
+    template runs already), kept in ``identity/`` until StartContainer hands them to the guest."""
+    spec = seed_spec(container_id, container, sandbox, requested, plan, network, command_exit)
+    try:
+        files = seed_files(spec)
+    except ValueError as err:
+        raise InvalidArgument(f"container {container.metadata.name!r}: {err}") from err
+    target = directory / IDENTITY_DIR
+    target.mkdir(mode=0o700)
+    for name, data in files.items():
+        (target / name).write_bytes(data)
+
+
+def read_identity(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((directory / IDENTITY_DIR).iterdir())}
 
 
 def read_exec_helper(path: Path | None) -> bytes | None:

@@ -80,7 +80,7 @@ def choose(
 ) -> ContainerChoices:
     """Size, boot and layout of the container's VM; refuses what cannot work before anything is made."""
     boot_files = image.boot if requested.boot != "disk" else None
-    if requested.boot != "disk" and boot_files is None:
+    if requested.boot in ("direct", "microvm") and boot_files is None:
         raise InvalidArgument(
             f"annotation qmprt.io/boot={requested.boot}: image {spec.image!r} has no kernel attached; "
             "import it with `qmprt ctl image import … --kernel K --initrd I --cmdline C`, or boot from disk"

@@ -96,6 +96,7 @@ class ContainerRecord:
     volume_args: tuple[str, ...] = ()
     command_exit: str = "keep"  # "poweroff": the command is a job; its status is the exit code
     vm_uid: int | None = None  # the uid (and gid) its QEMU drops to; None: it stays root
+    template: str = ""  # a clone: the id of the template whose files are linked into its directory
 
     def to_json(self) -> dict[str, Any]:
         return {

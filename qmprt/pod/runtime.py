@@ -33,6 +33,7 @@ from qmprt.pod.network import PodNetworks
 from qmprt.pod.live import Container
 from qmprt.pod.registry import Registry
 from qmprt.pod.sandboxes import Sandboxes
+from qmprt.pod.templates import Templates
 from qmprt.pod.states import ContainerState, SandboxState
 from qmprt.pod.stats import container_stats, sandbox_stats
 from qmprt.pod.views import ContainerInfo, ContainerStatsInfo, RuntimeHealth, SandboxInfo, SandboxStatsInfo
@@ -62,7 +63,15 @@ class Runtime:
         self.vms = ContainerVMs(config, cgroup_driver, self.run_root, self.registry)
         self.pod_cidr = ""
         self.networks = PodNetworks(config.cni, self.state_root / "cni", self.run_root / "net")
-        self.lifecycle = Containers(config, self.registry, self.vms, images, self.networks, self.accel.accel)
+        defaults = config.vm
+        template_user = defaults.uid_base + defaults.uid_count - 1 if defaults.unprivileged else None
+        self.templates = Templates(
+            self.state_root / "templates", cgroup_driver, config.cgroups.root, self.run_root,
+            run_as=lambda: (template_user, template_user) if template_user is not None else None,
+        )
+        self.lifecycle = Containers(
+            config, self.registry, self.vms, images, self.networks, self.accel.accel, self.templates
+        )
         self.pods = Sandboxes(config, self.registry, self.lifecycle, self.networks, cgroup_driver, self.pods_root)
         telemetry.watch_live_vms(self.registry.running_count)
         log.info("accelerator: %s (%s)", self.accel.accel, self.accel.reason)
@@ -85,6 +94,8 @@ class Runtime:
         """Let go of every VM without stopping it: the next qmprt adopts them."""
         self.end_event_streams()
         self.vms.cancel_tasks()
+        for task in list(self.templates.tasks):
+            task.cancel()
         for container in list(self.containers.values()):
             if container.vm is not None and container.vm.status.state != VMState.EXITED:
                 await container.vm.detach()

@@ -163,6 +163,18 @@ class TapNetdev:
 
 
 @dataclass(frozen=True)
+class HubportNetdev:
+    """A backend that goes nowhere (a port of an otherwise empty hub): a template's NICs, which exist so
+    that its clones have the same devices; each clone puts its own tap behind the NIC instead."""
+
+    id: str
+    hub: int
+
+    def args(self) -> list[str]:
+        return ["-netdev", f"hubport,id={self.id},hubid={self.hub}"]
+
+
+@dataclass(frozen=True)
 class VirtioNet:
     """The guest NIC. ``host_mtu`` advertises the CNI interface's MTU (VIRTIO_NET_F_MTU): the guest
     driver adopts it at probe, before any network configuration runs."""

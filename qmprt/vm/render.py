@@ -14,6 +14,7 @@ from qmprt.virtio import Transport
 from qmprt.vm.config import Snapshot, VMConfig
 from qmprt.vm.devices import (
     Blockdev,
+    HubportNetdev,
     MemoryBackend,
     PvPanic,
     QMPMonitor,
@@ -39,8 +40,9 @@ def render(
 ) -> VMSpec:
     """The full ``VMSpec`` of ``config``, given the fds of the qmprt-made listening sockets and one
     tap fd per NIC of ``config.nics``; a QEMU that drops root (``config.run_as``) chroots to ``jail``."""
-    if len(nic_fds) != len(config.nics):
-        raise InvalidArgument(f"{len(config.nics)} NICs configured but {len(nic_fds)} tap fds given")
+    wanted = 0 if config.snapshot is not None and config.snapshot.role == "save" else len(config.nics)
+    if len(nic_fds) != wanted:
+        raise InvalidArgument(f"{wanted} tap fds wanted for {len(config.nics)} NICs, {len(nic_fds)} given")
     memory = config.memory_plan()
     backends = memory.backends
     transport = Transport.for_machine(config.machine)
@@ -97,9 +99,11 @@ def _disks(config: VMConfig, transport: Transport) -> list[Device]:
 
 
 def _nics(config: VMConfig, nic_fds: Sequence[int], transport: Transport) -> list[Device]:
+    """A virtio NIC per ``config.nics`` on its tap fd; a template being saved has no taps (hub ports)."""
     devices: list[Device] = []
-    for index, (nic, tap_fd) in enumerate(zip(config.nics, nic_fds)):
-        devices.append(TapNetdev(f"net{index}", tap_fd))
+    template = config.snapshot is not None and config.snapshot.role == "save"
+    for index, nic in enumerate(config.nics):
+        devices.append(HubportNetdev(f"net{index}", index) if template else TapNetdev(f"net{index}", nic_fds[index]))
         devices.append(VirtioNet(f"nic{index}", f"net{index}", nic.mac, transport, host_mtu=nic.mtu))
     return devices
 

@@ -289,7 +289,7 @@ def test_a_nic_without_its_tap_fd_is_refused() -> None:
     from qmprt.vm.config import NICConfig
 
     config = VMConfig(vm_id="ctr1", root_disk=DiskConfig("/s/o.qcow2", "qcow2"), nics=(NICConfig("0a:58:0a:63:00:05"),))
-    with pytest.raises(InvalidArgument, match="1 NICs configured but 0 tap fds"):
+    with pytest.raises(InvalidArgument, match="1 tap fds wanted for 1 NICs, 0 given"):
         VM.render(config, FDS, "/s/console.raw")
 
 
