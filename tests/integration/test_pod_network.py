@@ -614,3 +614,38 @@ def test_a_sandbox_whose_wiring_vanished_while_qmprt_was_down_is_notready(node: 
     kubelet.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)
     kubelet.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)
     pods_gone(node, links_before)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+def test_clones_of_a_template_each_take_their_own_pod_network(node: Node, kubelet: Kubelet, mode: str) -> None:
+    """qmprt.io/boot: template on the Flannel-like network: the first pod boots cold (its template is
+    built meanwhile), the next two are clones of one template with one NIC, yet each has its own MAC
+    and pod IP and the node reaches each of them."""
+    node.write_config(flannel_like(node))
+    links_before = node.links()
+    template = {"qmprt.io/boot": "template"}
+    pods = [kubelet.run_pod(f"tpl-{SHORT[mode]}-cold", mode, annotations=template)]
+    try:
+        kubelet.wait_ready(pods[0])
+        deadline = time.monotonic() + 120
+        while not list((node.server.state_dir / "templates").glob("*/ready")):
+            assert time.monotonic() < deadline, "the template was not built"
+            time.sleep(0.2)
+        pods += [kubelet.run_pod(f"tpl-{SHORT[mode]}-{name}", mode, annotations=template) for name in ("a", "b")]
+        macs = set()
+        for pod in pods[1:]:
+            kubelet.wait_ready(pod)
+            assert f"inet {pod.ips[0]}/" in guest_addresses(kubelet, pod)
+            node.run("busybox", "ping", "-c", "1", "-W", "3", pod.ips[0])
+            assert f"hello from {pod.name}" in node.http_get(pod.ips[0])
+            link = kubelet.exec(pod, "cat", "/sys/class/net/eth0/address").stdout.decode().strip()
+            macs.add(link)
+        assert len(macs) == 2 and len({pod.ips[0] for pod in pods}) == 3, (macs, [pod.ips for pod in pods])
+        record = json.loads((node.server.state_dir / "pods" / pods[2].sandbox_id / pods[2].container_id / "container.json").read_text())
+        assert record["template"], "the later pods are clones"
+    finally:
+        for pod in pods:
+            kubelet.remove(pod)
+        for template_dir in (node.server.state_dir / "templates").glob("*"):
+            shutil.rmtree(template_dir)
+    pods_gone(node, links_before)
