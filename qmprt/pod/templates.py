@@ -42,7 +42,7 @@ from qmprt.vm.machine import VM
 log = logging.getLogger(__name__)
 FILES = ("disk.qcow2", "seed.iso", "ram", "state")
 MAX_TEMPLATES = 8
-BUILD_TIMEOUT_S = 600.0
+BUILD_TIMEOUT_S = 180.0  # a guest that never reaches its template point (no template contract) gives up
 PLACEHOLDER_MAC = "02:00:00:00:00:{:02x}"
 
 
@@ -104,6 +104,7 @@ class Templates:
         self.run_root = run_root
         self.run_as = run_as
         self._building: set[str] = set()
+        self._failed: set[str] = set()  # keys whose build failed: not tried again until qmprt restarts
         self._gate = asyncio.Semaphore(1)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -156,7 +157,7 @@ class Templates:
 
     def request(self, key: TemplateKey) -> None:
         """Build ``key``'s template in the background unless it is there, building, or the count is full."""
-        if self.ready(key) is not None or key.id in self._building:
+        if self.ready(key) is not None or key.id in self._building or key.id in self._failed:
             return
         if len(self.list()) + len(self._building) >= MAX_TEMPLATES:
             log.info("template %s not built: %d templates kept already", key.id[:12], MAX_TEMPLATES)
@@ -173,7 +174,8 @@ class Templates:
                 await self.build(key)
                 log.info("template %s built in %.1f s", key.id[:12], time.monotonic() - started)
         except Exception as err:  # noqa: BLE001 - a build that fails is logged; pods boot cold
-            log.warning("template %s could not be built: %s", key.id[:12], err)
+            self._failed.add(key.id)
+            log.warning("template %s could not be built (its pods boot cold; not tried again): %s", key.id[:12], err)
         finally:
             self._building.discard(key.id)
 

@@ -58,6 +58,7 @@ class PodTemplate:
 VM_POD = PodTemplate()
 DIRECT_POD = PodTemplate(annotations=(("qmprt.io/boot", "direct"),))
 MICROVM_POD = PodTemplate(annotations=(("qmprt.io/boot", "microvm"),))
+TEMPLATE_POD = PodTemplate(annotations=(("qmprt.io/boot", "template"),))  # a clone of a template
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -56,7 +57,7 @@ async def one_boot(
     state_dir = work / vm_id
     t0 = time.monotonic()
     config = vm_config(guest, state_dir, vm_id, mode, SeedSpec(instance_id=vm_id, hostname=vm_id), memory_mib=128)
-    config = type(config)(**{**config.__dict__, "accel": accel_name})
+    config = dataclasses.replace(config, accel=accel_name)  # type: ignore[arg-type]
     prepared = time.monotonic()
     cgroup = driver.create(f"{CGROUP_ROOT}/{vm_id}")
     vm = await VM.start(config, state_dir, run_root / vm_id, cgroup=cgroup)
@@ -96,16 +97,21 @@ def guest_ram_rss(pid: int, guest_bytes: int) -> int:
     return rss
 
 
-async def overhead_for(memory_mib: int, index: int, work: Path, run_root: Path, driver: cgroups.CgroupDriver, accel_name: str) -> dict[str, float]:
+async def overhead_for(
+    memory_mib: int, index: int, work: Path, run_root: Path, driver: cgroups.CgroupDriver, accel_name: str,
+    tb_size_mib: int | None = None,
+) -> dict[str, float]:
     guest = tiny_guest()
-    vm_id = f"bench-mem-{memory_mib}-{index}"
+    vm_id = f"bench-mem-{memory_mib}-{tb_size_mib}-{index}"
     state_dir = work / vm_id
     config = vm_config(guest, state_dir, vm_id, "q35-direct", SeedSpec(instance_id=vm_id, hostname=vm_id), memory_mib=memory_mib)
-    config = type(config)(**{**config.__dict__, "accel": accel_name})
+    config = dataclasses.replace(config, accel=accel_name, tcg_tb_size_mib=tb_size_mib)  # type: ignore[arg-type]
     cgroup = driver.create(f"{CGROUP_ROOT}/{vm_id}")
+    began = time.monotonic()
     vm = await VM.start(config, state_dir, run_root / vm_id, cgroup=cgroup)
     try:
         await vm.wait_for_console(guest.ready_marker, 120)
+        boot_ms = (time.monotonic() - began) * 1000
         report = await vm.pin(f"0-{(os.cpu_count() or 1) - 1}")
         await asyncio.sleep(1.0)
         assert vm.status.pid is not None
@@ -118,10 +124,13 @@ async def overhead_for(memory_mib: int, index: int, work: Path, run_root: Path, 
         "guest_touched_mib": guest_rss / (1 << 20),
         "overhead_mib": (rss - guest_rss) / (1 << 20),
         "pin_ms": report.seconds * 1000,
+        "boot_ms": boot_ms,
     }
 
 
-async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None) -> dict[str, object]:
+async def run(
+    runs: int, modes: list[str], memory_sizes: list[int] | None = None, tb_sizes: list[int] | None = None
+) -> dict[str, object]:
     choice = accel.detect()
     driver = cgroups.detect()
     work = Path(tempfile.mkdtemp(prefix="qmprt-bench-"))
@@ -135,6 +144,10 @@ async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None
         for memory_mib in memory_sizes or []:
             samples = [await overhead_for(memory_mib, i, work, run_root, driver, choice.accel) for i in range(max(1, runs // 2))]
             overheads[str(memory_mib)] = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+        tb_curve = {}
+        for tb_size in tb_sizes or []:
+            samples = [await overhead_for(128, i, work, run_root, driver, choice.accel, tb_size) for i in range(runs)]
+            tb_curve[str(tb_size)] = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(run_root, ignore_errors=True)
@@ -144,6 +157,7 @@ async def run(runs: int, modes: list[str], memory_sizes: list[int] | None = None
         "runs": runs,
         "modes": results,
         "memory": overheads,
+        "tb_size": tb_curve,
     }
 
 
@@ -169,6 +183,13 @@ def table(report: dict[str, object]) -> str:
         for size, figures in memory.items():
             lines.append(f"{size:<10}{figures['rss_mib']:>13.0f}{figures['guest_touched_mib']:>18.0f}"
                          f"{figures['overhead_mib']:>13.0f}{figures['pin_ms']:>8.1f}")
+    curve = report.get("tb_size") or {}
+    assert isinstance(curve, dict)
+    if curve:
+        lines += ["", "TCG translation cache (tb-size) against boot time and overhead, 128 MiB guest, medians",
+                  f"{'tb-size MiB':<12}{'boot ms':>9}{'QEMU RSS MiB':>13}{'overhead MiB':>13}"]
+        for size, figures in curve.items():
+            lines.append(f"{size:<12}{figures['boot_ms']:>9.0f}{figures['rss_mib']:>13.0f}{figures['overhead_mib']:>13.0f}")
     return "\n".join(lines)
 
 
@@ -177,10 +198,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default=",".join(BOOT_MODES))
     parser.add_argument("--memory", default="128,512,2048", help="guest sizes (MiB) for the overhead table; '' skips it")
+    parser.add_argument("--tb-sizes", default="", help="TCG tb-size values (MiB) for the boot/overhead curve, e.g. 16,32,64,128")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sizes = [int(size) for size in args.memory.split(",") if size]
-    report = asyncio.run(run(args.runs, [m for m in args.modes.split(",") if m], sizes))
+    tb_sizes = [int(size) for size in args.tb_sizes.split(",") if size]
+    report = asyncio.run(run(args.runs, [m for m in args.modes.split(",") if m], sizes, tb_sizes))
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -26,11 +26,15 @@ SCRIPT = Path(__file__).resolve().parent / "floor.sh"
 
 def floor_argv(argv: Sequence[str], directory: Path, console: Path, disks: dict[str, str]) -> list[str]:
     """``argv`` of a qmprt VM with plain chardevs in ``directory`` and the block nodes' files
-    replaced by ``disks`` (node name → path)."""
+    replaced by ``disks`` (node name → path); it stays root (no -runas/-chroot: the pod's jail is not
+    the floor's directory, and dropping root costs nothing measurable)."""
     result: list[str] = []
     index = 0
     while index < len(argv):
         option = argv[index]
+        if option in ("-chroot", "-runas"):  # the pod VM's jail is its own state directory: not here
+            index += 2
+            continue
         result.append(option)
         if option in ("-chardev", "-blockdev") and index + 1 < len(argv):
             value = argv[index + 1]
