@@ -11,7 +11,7 @@ import pytest
 from qmprt.cloudinit import SeedSpec, seed_files
 from qmprt.cloudinit.template import IDENTITY_DIR, IDENTITY_FIFO, identity_script, template_seed_files
 
-HEREDOC = re.compile(r"base64 -d <<'QMPRT_EOF' \| (?P<command>[^\n]+)\n(?P<body>.*?)QMPRT_EOF\n", re.S)
+HEREDOC = re.compile(r"base64 -d <<'QMPRT_EOF' (?P<command>[^\n]+)\n(?P<body>.*?)QMPRT_EOF\n", re.S)
 
 
 def decoded(script: bytes) -> dict[str, bytes]:
@@ -30,11 +30,11 @@ def test_the_identity_script_writes_the_seed_sets_the_clock_reseeds_and_goes_on(
     script = identity_script(seed, macs=("0a:58:0a:00:00:05",), now_ns=1_800_000_000 * 10**9, entropy=entropy)
     assert subprocess.run(["sh", "-n"], input=script).returncode == 0, "valid sh"
     parts = decoded(script)
-    assert parts == {**{f"cat > {IDENTITY_DIR}/{name}": data for name, data in seed.items()}, "qmprt-exec -r": entropy}
+    assert parts == {**{f"> {IDENTITY_DIR}/{name}": data for name, data in seed.items()}, "| qmprt-exec -r": entropy}
     text = script.decode()
     assert "date -u -s @1800000000" in text and "ip link set dev eth0 address 0a:58:0a:00:00:05" in text
     assert text.startswith("set -e\n") and text.endswith(f"echo go > {IDENTITY_FIFO}\n"), "the guest goes on last"
-    assert decoded(identity_script(seed))["qmprt-exec -r"] != decoded(identity_script(seed))["qmprt-exec -r"]
+    assert decoded(identity_script(seed))["| qmprt-exec -r"] != decoded(identity_script(seed))["| qmprt-exec -r"]
 
 
 def test_the_identity_script_refuses_what_is_not_a_seed() -> None:
