@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
 from typing import TextIO
 
 from qmprt import cgroups
@@ -21,17 +20,14 @@ from qmprt.ctl import output
 from qmprt.errors import NotFound
 from qmprt.image import open_store
 from qmprt.pod.annotations import parse_quantity
-from qmprt.pod.templates import TemplateKey, Templates, qemu_version
+from qmprt.pod.templates import TemplateKey, Templates, template_key
 from qmprt.vm import accel as accel_module
 
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
 def store(config: Config) -> Templates:
-    defaults = config.vm
-    user = defaults.uid_base + defaults.uid_count - 1 if defaults.unprivileged else None
-    return Templates(Path(config.runtime.state_dir) / "templates", cgroups.detect(), config.cgroups.root,
-                     Path(config.runtime.run_dir), run_as=lambda: (user, user) if user is not None else None)
+    return Templates.for_config(config, cgroups.detect())
 
 
 def key_for(config: Config, image_name: str, memory: str, cpus: int, nics: int) -> TemplateKey:
@@ -44,14 +40,8 @@ def key_for(config: Config, image_name: str, memory: str, cpus: int, nics: int) 
     if image is None:
         raise NotFound(f"image {image_name!r} is not in the store: pull it first")
     guest_mib = (parse_quantity(memory) >> 20) - config.vm.memory_overhead_mib if memory else config.vm.memory_mib
-    boot = image.boot
-    binary = config.vm.qemu_binary
-    return TemplateKey(
-        image_digest=image.digest, image_path=image.path, image_format=image.format,
-        kernel=boot.kernel if boot else None, initrd=boot.initrd if boot else None, cmdline=boot.cmdline if boot else "",
-        machine="q35", cpus=cpus, memory_mib=guest_mib, nics=nics, binary=binary, qemu_version=qemu_version(binary),
-        accel=accel_module.detect(None if config.vm.accel == "auto" else config.vm.accel).accel,
-    )
+    accel = accel_module.detect(None if config.vm.accel == "auto" else config.vm.accel).accel
+    return template_key(image, "q35", cpus, guest_mib, nics, config, accel)
 
 
 def warm(config: Config, image_name: str, out: TextIO, *, memory: str = "", cpus: int = 1, nics: int = 1) -> int:

@@ -23,7 +23,8 @@ from qmprt.pod.annotations import QmprtAnnotations
 from qmprt.pod.network import PodNetwork
 from qmprt.pod.specs import ContainerSpec
 from qmprt.pod.records import ContainerRecord
-from qmprt.pod.templates import TemplateKey, Templates, check_templatable, qemu_version
+from qmprt.pod import templates
+from qmprt.pod.templates import TemplateKey, Templates, check_templatable
 from qmprt.vm import snapshot
 from qmprt.vm.config import DiskConfig, Snapshot, VMConfig
 from qmprt.vm.machine import VM
@@ -37,14 +38,9 @@ IDENTITY_TIMEOUT_S = 60.0
 
 def template_key(image: ImageRecord, choices: planning.ContainerChoices, network: PodNetwork | None, config: Config,
                  accel: str) -> TemplateKey:
-    boot = choices.boot_files
-    return TemplateKey(
-        image_digest=image.digest, image_path=image.path, image_format=image.format,
-        kernel=boot.kernel if boot else None, initrd=boot.initrd if boot else None, cmdline=boot.cmdline if boot else "",
-        machine=choices.machine, cpus=choices.vcpus, memory_mib=choices.size.guest_memory_mib,
-        nics=len(network.nics()) if network is not None else 0,
-        binary=config.vm.qemu_binary, qemu_version=qemu_version(config.vm.qemu_binary), accel=accel,
-    )
+    """Its choices boot the image's kernel when it has one (``planning.choose``), as the key says."""
+    nics = len(network.nics()) if network is not None else 0
+    return templates.template_key(image, choices.machine, choices.vcpus, choices.size.guest_memory_mib, nics, config, accel)
 
 
 def check_request(spec: ContainerSpec, requested: QmprtAnnotations, choices: planning.ContainerChoices) -> None:

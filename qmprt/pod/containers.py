@@ -61,7 +61,7 @@ class Containers:
     images: ImageStore
     networks: PodNetworks
     accel: Accelerator
-    templates: Templates | None = None
+    templates: Templates
 
     # -- create -----------------------------------------------------------------------------------------
     async def create(self, sandbox_id: str, spec: ContainerSpec) -> str:
@@ -104,10 +104,9 @@ class Containers:
         container whose template is ready is a clone (``qmprt.pod.cloning``); else it boots cold and the
         template is asked for."""
         key = None
-        if requested.boot == "template" and self.templates is not None:
+        if requested.boot == "template":
             key = cloning.template_key(image, choices, sandbox.network, self.config, self.accel)
-        cloned = key is not None and self.templates is not None and await cloning.make_clone(
-            self.templates, key, directory, image, choices)
+        cloned = key is not None and await cloning.make_clone(self.templates, key, directory, image, choices)
         if not cloned:
             await create_overlay_async(
                 image.path, image.format, directory / guest.OVERLAY_FILE, choices.root_disk_bytes,  # type: ignore[arg-type]
@@ -116,21 +115,23 @@ class Containers:
         storage = await plan_storage(
             spec, requested, directory, self.vms.run_dir(container_id), Transport.for_machine(choices.machine)
         )
-        await asyncio.to_thread(
-            guest.write_seed, directory, container_id, spec, sandbox.spec, requested, storage, sandbox.network,
-            choices.command_exit, self.config.vm.exec_helper_path(),
-        )
+        if cloned:  # its seed goes through the exec helper at start (its seed disk is the template's)
+            await asyncio.to_thread(
+                guest.write_identity, directory, container_id, spec, sandbox.spec, requested, storage,
+                sandbox.network, choices.command_exit,
+            )
+        else:
+            await asyncio.to_thread(
+                guest.write_seed, directory, container_id, spec, sandbox.spec, requested, storage, sandbox.network,
+                choices.command_exit, self.config.vm.exec_helper_path(),
+            )
         record = planning.container_record(
             container_id, spec, sandbox.id, sandbox.spec, image, requested, choices, storage, self.config,
             (c.record.vm_uid for c in self.registry.all_containers()),
         )
-        if key is not None and self.templates is not None:
+        if key is not None:
             cloning.check(choices, record, storage)
             if cloned:
-                await asyncio.to_thread(
-                    guest.write_identity, directory, container_id, spec, sandbox.spec, requested, storage,
-                    sandbox.network, choices.command_exit,
-                )
                 record = dataclasses.replace(record, template=key.id)
             else:
                 self.templates.request(key)

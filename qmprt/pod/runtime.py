@@ -63,12 +63,7 @@ class Runtime:
         self.vms = ContainerVMs(config, cgroup_driver, self.run_root, self.registry)
         self.pod_cidr = ""
         self.networks = PodNetworks(config.cni, self.state_root / "cni", self.run_root / "net")
-        defaults = config.vm
-        template_user = defaults.uid_base + defaults.uid_count - 1 if defaults.unprivileged else None
-        self.templates = Templates(
-            self.state_root / "templates", cgroup_driver, config.cgroups.root, self.run_root,
-            run_as=lambda: (template_user, template_user) if template_user is not None else None,
-        )
+        self.templates = Templates.for_config(config, cgroup_driver)
         self.lifecycle = Containers(
             config, self.registry, self.vms, images, self.networks, self.accel.accel, self.templates
         )

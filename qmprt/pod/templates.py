@@ -27,17 +27,21 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qmprt import cgroups, state
 from qmprt.cloudinit.iso import SeedFormat, write_iso_files
 from qmprt.cloudinit.template import TEMPLATE_MARKER, template_seed_files
+from qmprt.config import Config
 from qmprt.errors import InvalidArgument, QmprtError
 from qmprt.image.overlay import create_overlay_async
 from qmprt.vm import snapshot
 from qmprt.vm.config import DiskConfig, NICConfig, Snapshot, VMConfig
 from qmprt.vm.devices import KernelBoot
 from qmprt.vm.machine import VM
+
+if TYPE_CHECKING:
+    from qmprt.image.records import ImageRecord
 
 log = logging.getLogger(__name__)
 FILES = ("disk.qcow2", "seed.iso", "ram", "state")
@@ -95,7 +99,27 @@ def check_templatable(*, shares: bool, volumes: bool, hugepages: bool, numa_node
         raise InvalidArgument(f"annotation qmprt.io/boot=template: a template cannot have {', '.join(refused)}")
 
 
+def template_key(image: ImageRecord, machine: str, cpus: int, memory_mib: int, nics: int, config: Config,
+                 accel: str) -> TemplateKey:
+    """The key of the template a VM of ``image`` with this shape would restore from."""
+    boot = image.boot
+    return TemplateKey(
+        image_digest=image.digest, image_path=image.path, image_format=image.format,
+        kernel=boot.kernel if boot else None, initrd=boot.initrd if boot else None, cmdline=boot.cmdline if boot else "",
+        machine=machine, cpus=cpus, memory_mib=memory_mib, nics=nics,
+        binary=config.vm.qemu_binary, qemu_version=qemu_version(config.vm.qemu_binary), accel=accel,
+    )
+
+
 class Templates:
+    @classmethod
+    def for_config(cls, config: Config, cgroup_driver: cgroups.CgroupDriver) -> Templates:
+        """The node's templates under ``<state_dir>/templates``; their QEMUs drop to the last VM uid."""
+        defaults = config.vm
+        user = defaults.uid_base + defaults.uid_count - 1 if defaults.unprivileged else None
+        return cls(Path(config.runtime.state_dir) / "templates", cgroup_driver, config.cgroups.root,
+                   Path(config.runtime.run_dir), run_as=lambda: (user, user) if user is not None else None)
+
     def __init__(self, root: Path, cgroup_driver: cgroups.CgroupDriver, cgroup_root: str, run_root: Path,
                  run_as: Callable[[], tuple[int, int] | None]) -> None:
         self.root = root
